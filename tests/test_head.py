@@ -1,0 +1,128 @@
+"""The embedded fsaverage head model and forward models."""
+
+import time
+from importlib import resources
+
+import mne
+import numpy as np
+import pytest
+
+from mne_learned_mm.head import (
+    default_info,
+    fetch_fsaverage_head,
+    make_fsaverage_forward,
+)
+
+
+def test_default_info_montage():
+    info = default_info()
+    assert len(info["ch_names"]) == 90
+    for ch in ("T3", "T4", "T5", "T6"):
+        assert ch not in info["ch_names"]
+    assert "Cz" in info["ch_names"]
+
+
+def test_embedded_subject_files(subjects_dir):
+    subj = subjects_dir / "fsaverage"
+    for rel in ("surf/lh.white", "surf/rh.inflated", "surf/lh.sphere", "surf/rh.curv",
+                "bem/inner_skull.surf", "bem/outer_skull.surf", "bem/outer_skin.surf"):
+        assert (subj / rel).is_file(), rel
+
+
+def test_bem_surfaces_nested(subjects_dir):
+    surfs = mne.make_bem_model("fsaverage", ico=None, subjects_dir=subjects_dir,
+                               verbose=False)
+    # inner skull, outer skull, scalp: same triangulation, radii strictly nested
+    by_id = {s["id"]: s for s in surfs}
+    FIFF = mne.io.constants.FIFF
+    surfs = [by_id[FIFF.FIFFV_BEM_SURF_ID_BRAIN], by_id[FIFF.FIFFV_BEM_SURF_ID_SKULL],
+             by_id[FIFF.FIFFV_BEM_SURF_ID_HEAD]]
+    center = surfs[0]["rr"].mean(axis=0)
+    radii = [np.linalg.norm(s["rr"] - center, axis=1) for s in surfs]
+    assert [s["np"] for s in surfs] == [2562] * 3
+    assert np.all(radii[1] - radii[0] >= 2e-3 - 1e-6)  # skull >= 2 mm
+    assert np.all(radii[2] - radii[1] >= 3e-3 - 1e-6)  # scalp >= 3 mm
+
+
+def test_default_forward(fwd_default):
+    fwd = fwd_default
+    G = fwd["sol"]["data"]
+    assert G.shape == (90, 1284)
+    assert np.isfinite(G).all()
+    assert fwd["source_ori"] == mne.io.constants.FIFF.FIFFV_MNE_FIXED_ORI
+    assert fwd["src"]._subject == "fsaverage"
+    # vertex numbers of ico3 on the real fsaverage are 0..641 in each hemisphere
+    for s in fwd["src"]:
+        np.testing.assert_array_equal(s["vertno"], np.arange(642))
+    G_avg = G - G.mean(axis=0)
+    assert np.linalg.matrix_rank(G_avg) >= 89
+
+
+def test_source_under_cz_peaks_near_cz(fwd_default):
+    fwd = fwd_default
+    info = fwd["info"]
+    ch_pos = np.array([info["chs"][k]["loc"][:3] for k in range(len(info["ch_names"]))])
+    # sources in head coordinates
+    trans = mne.transforms._get_trans("fsaverage", "mri", "head")[0]
+    rr = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
+    nn = np.concatenate([s["nn"][s["vertno"]] for s in fwd["src"]])
+    rr = mne.transforms.apply_trans(trans, rr)
+    nn = mne.transforms.apply_trans(trans, nn, move=False)
+    cz = ch_pos[info["ch_names"].index("Cz")]
+    radial = cz / np.linalg.norm(cz)
+    # a source close under Cz whose normal points to the scalp (gyral crown)
+    score = np.linalg.norm(rr - cz, axis=1)
+    candidates = np.where(np.abs(nn @ radial) > 0.8)[0]
+    src_idx = candidates[np.argmin(score[candidates])]
+    pot = fwd["sol"]["data"][:, src_idx]
+    pot = pot - pot.mean()
+    peak = int(np.argmax(np.abs(pot)))
+    dist = np.linalg.norm(ch_pos - cz, axis=1)
+    neighbours = np.argsort(dist)[:7]  # Cz and its nearest electrodes
+    assert peak in neighbours, (info["ch_names"][peak], dist[peak])
+
+
+def test_forward_cache_identical_and_fast(fwd_default):
+    t0 = time.perf_counter()
+    fwd2 = make_fsaverage_forward()
+    elapsed = time.perf_counter() - t0
+    np.testing.assert_array_equal(fwd2["sol"]["data"], fwd_default["sol"]["data"])
+    assert elapsed < 10  # generous: the spec asks < 2 s, see benchmarks
+
+
+def test_custom_montage_forward():
+    montage = mne.channels.make_standard_montage("biosemi64")
+    info = mne.create_info(montage.ch_names, 256.0, "eeg")
+    info.set_montage(montage)
+    fwd = make_fsaverage_forward(info, use_packaged=True)
+    assert fwd["sol"]["data"].shape == (64, 1284)
+    assert fwd["info"]["ch_names"] == montage.ch_names
+    # second call hits the on-disk cache
+    fwd2 = make_fsaverage_forward(info)
+    np.testing.assert_array_equal(fwd2["sol"]["data"], fwd["sol"]["data"])
+
+
+def test_bad_inputs():
+    info = mne.create_info(["MEG1", "MEG2"], 100.0, "mag")
+    with pytest.raises(ValueError, match="No EEG channels"):
+        make_fsaverage_forward(info)
+    info = mne.create_info(["A", "B"], 100.0, "eeg")
+    with pytest.raises(ValueError, match="no position"):
+        make_fsaverage_forward(info)
+    with pytest.raises(ValueError, match="spacing must be"):
+        make_fsaverage_forward(spacing="ico9")
+    with pytest.raises(ValueError, match="source must be"):
+        fetch_fsaverage_head(source="internet")
+
+
+def test_auto_source_offline_falls_back_to_embedded(tmp_path, monkeypatch):
+    monkeypatch.setenv("SUBJECTS_DIR", str(tmp_path))
+    monkeypatch.setenv("MNE_DATA", str(tmp_path))
+    subjects_dir = fetch_fsaverage_head(source="auto")
+    assert (subjects_dir / "fsaverage" / "surf" / "lh.white").is_file()
+
+
+def test_assets_are_package_data():
+    assets = resources.files("mne_learned_mm") / "_assets"
+    names = {p.name for p in assets.iterdir()}
+    assert {"fsaverage_head.tar.gz", "fsaverage-ico3-default-fwd.fif"} <= names
