@@ -245,7 +245,7 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
         return _read_fixed(fname)
     fwd = _compute_forward(_eeg_info(info, picks), subjects_dir, spacing, source)
     mne.write_forward_solution(fname, fwd, overwrite=True, verbose=False)
-    return _to_fixed(fwd)
+    return _read_fixed(fname)  # identical to what later cached calls return
 
 
 def _to_fixed(fwd):

@@ -1,0 +1,165 @@
+"""Model registry: packaged weights, pooch-fetched weights, save and load.
+
+A model is a directory (or a pair of files) holding
+
+* ``weights.pt``: a plain ``state_dict`` of tensors, read with
+  ``torch.load(..., weights_only=True)`` so that a malicious pickle is refused;
+* ``config.json``: everything needed to rebuild the solver and to refuse an
+  incompatible use (source vertices, channel names, sampling rate, solver and
+  training configuration, code version).
+"""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pooch
+import torch
+from mne.utils import logger, verbose
+
+from ._config import get_data_dir
+
+WEIGHTS_FNAME = "weights.pt"
+CONFIG_FNAME = "config.json"
+DEFAULT_MODEL = "default"
+
+#: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-sereega"}
+
+#: Models too large to ship: name -> dict(fname, sha256, url).
+REGISTRY = {}
+
+
+def _packaged_dir(name):
+    return resources.files("mne_learned_mm") / "_assets" / "models" / PACKAGED[name]
+
+
+def list_models():
+    """Names of the packaged and downloadable models.
+
+    Returns
+    -------
+    names : list of str
+    """
+    return sorted(set(PACKAGED) | set(REGISTRY))
+
+
+@verbose
+def fetch_pretrained(name, *, registry=None, path=None, verbose=None):
+    """Download (once) a registered model file and return its local path.
+
+    Parameters
+    ----------
+    name : str
+        Registry key.
+    registry : dict | None
+        Registry to use, ``name -> dict(fname=..., sha256=..., url=...)``.
+        ``None`` uses :data:`REGISTRY`.
+    path : path-like | None
+        Cache directory. ``None`` uses ``<MNE_LEARNED_MM_DATA>/models``.
+    %(verbose)s
+
+    Returns
+    -------
+    fname : pathlib.Path
+        Local file, verified against its sha256 hash.
+    """
+    registry = REGISTRY if registry is None else registry
+    if name not in registry:
+        raise ValueError(
+            f"Unknown model {name!r}. Available: {', '.join(list_models()) or 'none'}.")
+    entry = registry[name]
+    path = Path(path) if path is not None else get_data_dir("models")
+    try:
+        fname = pooch.retrieve(entry["url"], known_hash=f"sha256:{entry['sha256']}",
+                               fname=entry["fname"], path=path, progressbar=False)
+    except ValueError as exc:  # hash mismatch: pooch does not keep the file
+        raise RuntimeError(
+            f"The downloaded file for model {name!r} does not match its sha256 hash "
+            f"and was discarded: {exc}") from None
+    except Exception as exc:  # requests' connection errors and HTTP errors
+        raise RuntimeError(
+            f"Could not download model {name!r} from {entry['url']} ({type(exc).__name__}). "
+            "Check your internet connection, or use a packaged model "
+            f"({', '.join(PACKAGED)}) or a local model directory.") from None
+    logger.info(f"Model {name!r} available at {fname}")
+    return Path(fname)
+
+
+def save_model(directory, state_dict, config):
+    """Write weights and configuration of a model.
+
+    Parameters
+    ----------
+    directory : path-like
+        Output directory (created).
+    state_dict : dict of str -> Tensor
+        Model weights.
+    config : dict
+        JSON-serialisable configuration.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    torch.save(state, directory / WEIGHTS_FNAME)
+    with open(directory / CONFIG_FNAME, "w") as fid:
+        json.dump(config, fid, indent=2, sort_keys=True)
+
+
+def _resolve(name_or_path):
+    if isinstance(name_or_path, str) and name_or_path in PACKAGED:
+        return _packaged_dir(name_or_path)
+    if isinstance(name_or_path, str) and name_or_path in REGISTRY:
+        fname = fetch_pretrained(name_or_path)
+        return _unpack_zip(fname)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model {str(name_or_path)!r} is neither a known model name "
+            f"({', '.join(list_models())}) nor an existing directory.")
+    return path
+
+
+def _unpack_zip(fname):
+    out = Path(str(fname) + ".unzip")
+    if not out.is_dir():
+        import zipfile
+
+        with zipfile.ZipFile(fname) as zf:
+            zf.extractall(out)
+    return out
+
+
+def load_state(name_or_path):
+    """Read weights and configuration of a model.
+
+    Parameters
+    ----------
+    name_or_path : str | path-like
+        A packaged or registered model name, or a model directory.
+
+    Returns
+    -------
+    state_dict : dict of str -> Tensor
+    config : dict
+    """
+    directory = _resolve(name_or_path)
+    with resources.as_file(directory) as directory:
+        directory = Path(directory)
+        try:
+            with open(directory / CONFIG_FNAME) as fid:
+                config = json.load(fid)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(
+                f"Model at {directory} has no readable {CONFIG_FNAME}: {exc}") from None
+        try:
+            state = torch.load(directory / WEIGHTS_FNAME, map_location="cpu",
+                               weights_only=True)
+        except Exception as exc:
+            raise ValueError(
+                f"Refusing to load {directory / WEIGHTS_FNAME}: it is not a plain tensor "
+                f"state_dict readable with weights_only=True ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ValueError(f"{directory / WEIGHTS_FNAME} does not hold a state_dict of tensors")
+    return state, config

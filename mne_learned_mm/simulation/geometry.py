@@ -1,0 +1,252 @@
+"""Source-space geometry: positions, mesh adjacency and neighbour rings."""
+
+import warnings
+
+import mne
+import numpy as np
+from mne.utils import logger
+from scipy import sparse
+from scipy.sparse.csgraph import shortest_path
+
+from .leadfield import check_fixed_surface_forward
+
+_DEFAULT_MAX_RING = 12  # covers patches of order <= 5 plus the 2-ring margin
+
+
+def _tris_adjacency(src):
+    """Edges of ``use_tris`` between used vertices, in used-vertex numbering."""
+    rows, cols, offset = [], [], 0
+    for s in src:
+        tris = s["use_tris"] if s["use_tris"] is not None else s["tris"]
+        vertno = np.asarray(s["vertno"])
+        local = np.full(s["np"], -1, dtype=np.int64)
+        local[vertno] = np.arange(len(vertno))
+        for a, b in ((0, 1), (1, 2), (2, 0)):
+            i, j = local[tris[:, a]], local[tris[:, b]]
+            keep = (i >= 0) & (j >= 0)
+            rows += [i[keep] + offset, j[keep] + offset]
+            cols += [j[keep] + offset, i[keep] + offset]
+        offset += len(vertno)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    adj = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(offset, offset))
+    adj.data[:] = 1.0  # duplicates were summed
+    return adj
+
+
+def source_adjacency(src):
+    """Mesh adjacency of the used vertices of a surface source space.
+
+    Uses :func:`mne.spatial_src_adjacency` (triangulation ``use_tris`` of the
+    used vertices) and removes its self loops. Source spaces MNE's helper does
+    not handle (no ``use_tris``) fall back to the same construction from
+    ``tris``.
+
+    Parameters
+    ----------
+    src : mne.SourceSpaces
+        Surface source space (one or two hemispheres).
+
+    Returns
+    -------
+    adjacency : scipy.sparse.csr_matrix, shape (n_sources, n_sources)
+        Symmetric 0/1 matrix without self loops; sources ordered as in the
+        forward (left hemisphere vertices, then right).
+    """
+    try:
+        with warnings.catch_warnings():
+            # MNE warns when some vertices of use_tris are not in use (holes);
+            # edges to unused vertices are dropped either way.
+            warnings.simplefilter("ignore")
+            adj = mne.spatial_src_adjacency(src, verbose=False)
+        adj = sparse.csr_matrix(adj, dtype=np.float64)
+    except (RuntimeError, ValueError):
+        logger.info("Building the source adjacency from the triangulation")
+        adj = _tris_adjacency(src)
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    adj.data[:] = 1.0
+    adj.sort_indices()
+    return adj
+
+
+def _truncated_hops(adjacency, radius):
+    """Hop distances up to ``radius`` as a sparse matrix (data = hops + 1)."""
+    n = adjacency.shape[0]
+    step = (adjacency + sparse.eye(n, format="csr")).astype(bool).tocsr()
+    reach = sparse.eye(n, format="csr", dtype=bool)
+    count = reach.astype(np.int16)
+    for _ in range(radius):
+        reach = (reach @ step).astype(bool)
+        count = count + reach.astype(np.int16)
+    count = count.tocsr()
+    count.sort_indices()
+    # an entry reached first at hop k was counted radius - k + 1 times
+    count.data = (radius + 1 - count.data).astype(np.int16)
+    return count
+
+
+class SourceGeometry:
+    """Positions and neighbourhood structure of the sources of a forward.
+
+    Parameters
+    ----------
+    pos : array, shape (n_sources, 3)
+        Source positions in metres.
+    adjacency : scipy.sparse matrix, shape (n_sources, n_sources)
+        Symmetric mesh adjacency without self loops.
+    vertices : list of array
+        Vertex numbers per hemisphere (as in :class:`mne.SourceEstimate`).
+    subject : str | None
+        Subject name.
+
+    Attributes
+    ----------
+    pos : array, shape (n_sources, 3)
+    adjacency : scipy.sparse.csr_matrix, shape (n_sources, n_sources)
+    vertices : list of array
+    subject : str | None
+    n_sources : int
+    """
+
+    def __init__(self, pos, adjacency, vertices, subject=None):
+        self.pos = np.asarray(pos, dtype=np.float64)
+        adjacency = sparse.csr_matrix(adjacency, dtype=np.float64)
+        if adjacency.shape != (len(self.pos), len(self.pos)):
+            raise ValueError(
+                f"adjacency has shape {adjacency.shape}, expected "
+                f"{(len(self.pos), len(self.pos))}")
+        self.adjacency = adjacency
+        self.vertices = [np.asarray(v, dtype=np.int64) for v in vertices]
+        self.subject = subject
+        self._hops = None
+        self._radius = 0
+
+    @classmethod
+    def from_forward(cls, fwd):
+        """Geometry of a fixed-orientation surface forward.
+
+        Parameters
+        ----------
+        fwd : mne.Forward
+            Fixed-orientation forward on a surface source space.
+
+        Returns
+        -------
+        geometry : SourceGeometry
+        """
+        check_fixed_surface_forward(fwd)
+        src = fwd["src"]
+        vertices = [np.asarray(s["vertno"]) for s in src]
+        return cls(fwd["source_rr"], source_adjacency(src), vertices,
+                   subject=src[0].get("subject_his_id"))
+
+    @property
+    def n_sources(self):
+        """Number of sources."""
+        return len(self.pos)
+
+    def __repr__(self):
+        n_edges = self.adjacency.nnz // 2
+        return f"<SourceGeometry | {self.n_sources} sources, {n_edges} edges>"
+
+    def _ensure_radius(self, radius):
+        if self._hops is None or radius > self._radius:
+            radius = max(int(radius), _DEFAULT_MAX_RING)
+            self._hops = _truncated_hops(self.adjacency, radius)
+            self._radius = radius
+
+    def rings(self, seed, order):
+        """Sources within ``order`` neighbour rings of ``seed`` (seed included).
+
+        Parameters
+        ----------
+        seed : int
+            Source index.
+        order : int
+            Number of rings (0 gives the seed alone).
+
+        Returns
+        -------
+        idx : array of int64, shape (n_patch,)
+            Sorted source indices.
+        """
+        order = int(order)
+        if order < 0:
+            raise ValueError(f"order must be >= 0, got {order}")
+        self._ensure_radius(order)
+        hops = self._hops
+        lo, hi = hops.indptr[seed], hops.indptr[seed + 1]
+        idx = hops.indices[lo:hi]
+        return idx[hops.data[lo:hi] <= order].astype(np.int64)
+
+    def ring_mask(self, seeds, orders):
+        """Boolean mask of the union of balls ``rings(seed, order)``.
+
+        Parameters
+        ----------
+        seeds : array of int, shape (k,)
+        orders : array of int, shape (k,)
+
+        Returns
+        -------
+        mask : array of bool, shape (n_sources,)
+        """
+        mask = np.zeros(self.n_sources, bool)
+        for seed, order in zip(np.atleast_1d(seeds), np.atleast_1d(orders)):
+            mask[self.rings(seed, order)] = True
+        return mask
+
+    def ring_distance(self, seed, idx=None):
+        """Number of mesh edges (rings) from ``seed`` to other sources.
+
+        Parameters
+        ----------
+        seed : int
+            Source index.
+        idx : array of int | None
+            Target sources; ``None`` for all.
+
+        Returns
+        -------
+        dist : array of float, shape (n_targets,)
+            Hop distances; ``inf`` where unreachable (other hemisphere).
+        """
+        dist = shortest_path(self.adjacency, indices=int(seed), unweighted=True,
+                             directed=False)
+        return dist if idx is None else dist[np.asarray(idx)]
+
+    def patch_amplitude(self, seed, patch):
+        """Gaussian spatial profile over a patch.
+
+        ``exp(-0.5 (d / sigma)**2)`` with ``d`` the Euclidean distance to the
+        seed and ``sigma = max(d) / 2``.
+
+        Parameters
+        ----------
+        seed : int
+        patch : array of int, shape (n_patch,)
+
+        Returns
+        -------
+        amplitude : array, shape (n_patch,)
+        """
+        return gaussian_profile(np.linalg.norm(self.pos[patch] - self.pos[seed], axis=1))
+
+
+def gaussian_profile(dist):
+    """Amplitude ``exp(-0.5 (d / sigma)^2)`` with ``sigma = max(d) / 2``.
+
+    Parameters
+    ----------
+    dist : array, shape (n,)
+        Distances to the seed.
+
+    Returns
+    -------
+    amplitude : array, shape (n,)
+        1 at the seed, ``exp(-2)`` at the farthest source.
+    """
+    sigma = dist.max() / 2.0
+    if sigma == 0:
+        return np.ones_like(dist)
+    return np.exp(-0.5 * (dist / sigma) ** 2)
