@@ -1,0 +1,55 @@
+"""Training configuration."""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """All hyper-parameters of a bilevel training run (Alg. 2).
+
+    Saved as JSON beside the weights together with the forward's channel
+    names, source vertices and sampling rate.
+    """
+
+    # data
+    data: str = "sereega"  #: "sereega" | "nmm" | "evoked" | "mix"
+    fwd: str | None = None  #: -fwd.fif path; None = default fsaverage ico3 forward
+    n_train: int = 8000
+    n_val: int = 64
+    snr_db: tuple = (0.0, 15.0)
+    seed: int = 0
+    # solver / model
+    model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
+    solver: dict = field(default_factory=dict)  #: kwargs of the solver config
+    init: str = "tikhonov"  #: "random" (paper) | "tikhonov"
+    init_reg: float = 1.0 / 9.0
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_min: float = 1e-5  #: cosine schedule floor
+    grad_clip: float = 1.0
+    pretrain_phi_steps: int = 0  #: denoising-AE steps for Φ before the bilevel stage
+    time_budget_min: float | None = None  #: stop (and save) after this many minutes
+    # infrastructure
+    device: str = "auto"
+    num_threads: int | None = None
+    num_workers: int = 0
+    checkpoint_min: float = 3.0
+    out: str = "model_out"
+
+    def to_json(self):
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig fields: {sorted(unknown)}")
+        d = dict(d)
+        if "snr_db" in d and isinstance(d["snr_db"], list):
+            d["snr_db"] = tuple(d["snr_db"])
+        return cls(**d)

@@ -1,0 +1,303 @@
+"""Bilevel training (Alg. 2 of the paper) with checkpoints, resume and DDP."""
+
+import csv
+import dataclasses
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from mne.utils import ProgressBar, logger
+
+from .. import __version__
+from ..evaluation.metrics import compute_metrics, summarize_metrics
+from ..pretrained import build_solver, save_model
+from ..simulation import SimulatedDataset
+from ..solver.init import initial_point, tikhonov_operator
+from ..solver.objective import cosine_similarity, upper_loss
+from .config import TrainConfig
+
+CKPT = "checkpoint.pt"
+
+
+# -- distributed helpers -------------------------------------------------------
+def _dist_info():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return world, rank
+
+
+def _init_distributed(device):
+    world, rank = _dist_info()
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return world, rank
+
+
+def _pick_device(name, rank=0):
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and torch.cuda.device_count() > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    return torch.device(name)
+
+
+# -- data ------------------------------------------------------------------------
+def _load_forward(cfg):
+    import mne
+
+    from ..head import make_fsaverage_forward
+
+    if cfg.fwd is None:
+        return make_fsaverage_forward(verbose=False)
+    fwd = mne.read_forward_solution(cfg.fwd, verbose=False)
+    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
+                                        use_cps=True, verbose=False)
+
+
+def _datasets(cfg, fwd):
+    kinds = ["sereega", "nmm"] if cfg.data == "mix" else [cfg.data]
+    common = dict(snr_db=cfg.snr_db)
+    train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
+                              **common) for k in kinds]
+    val = SimulatedDataset(fwd, kind=kinds[0], n_samples=cfg.n_val, seed=cfg.seed + 10_000,
+                           start=0, snr_db=5.0)
+    return train, val
+
+
+def _batch(datasets, indices):
+    """Stack samples (mixing kinds round-robin); Y and X as float32 tensors."""
+    items = [datasets[j % len(datasets)][int(i)] for j, i in enumerate(indices)]
+    T = min(it["Y"].shape[-1] for it in items)
+    Y = torch.as_tensor(np.stack([it["Y"][:, :T] for it in items]))
+    X = torch.as_tensor(np.stack([it["X"][:, :T] for it in items]))
+    return Y, X
+
+
+# -- model -------------------------------------------------------------------------
+def model_config(cfg, fwd, n_sources):
+    """Everything needed to rebuild the model and to refuse incompatible use."""
+    src = fwd["src"]
+    return {
+        "kind": cfg.model,
+        "solver": dict(cfg.solver),
+        "init": cfg.init,
+        "init_reg": cfg.init_reg,
+        "n_sources": int(n_sources),
+        "subject": src._subject,
+        "vertices": [s["vertno"].tolist() for s in src],
+        "ch_names": list(fwd["info"]["ch_names"]),
+        "sfreq": float(_data_sfreq(cfg)),
+        "train": dataclasses.asdict(cfg),
+        "code_version": __version__,
+    }
+
+
+def _data_sfreq(cfg):
+    from ..simulation import SereegaConfig
+
+    return SereegaConfig().sfreq if cfg.data in ("sereega", "mix") else _sfreq_of(cfg.data)
+
+
+def _sfreq_of(kind):
+    from .. import simulation
+
+    conf = {"nmm": simulation.NMMConfig, "evoked": simulation.EvokedConfig}[kind]()
+    return conf.sfreq
+
+
+def _X0(cfg, Y, L, K, step):
+    if cfg.init == "random":
+        return initial_point(Y, L, "random", seed=step)
+    return initial_point(Y, L, "tikhonov", K=K, reg=cfg.init_reg)
+
+
+# -- checkpoints --------------------------------------------------------------------
+def _rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def _save_checkpoint(out, module, opt, sched, state):
+    tmp = out / (CKPT + ".tmp")
+    torch.save({"model": module.state_dict(), "opt": opt.state_dict(),
+                "sched": sched.state_dict(), "state": state, "rng": _rng_state()}, tmp)
+    os.replace(tmp, out / CKPT)
+
+
+def _load_checkpoint(out, module, opt, sched):
+    # the checkpoint is our own file (optimizer state holds python scalars)
+    ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)
+    module.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["opt"])
+    sched.load_state_dict(ck["sched"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    np.random.set_state(ck["rng"]["numpy"])
+    random.setstate(ck["rng"]["python"])
+    return ck["state"]
+
+
+# -- validation ----------------------------------------------------------------------
+@torch.no_grad()
+def validate(module, cfg, val, L, K, device):
+    """Mean upper-level loss and benchmark metrics on the validation set."""
+    per_sample, losses = [], []
+    geo = val.geometry
+    for start in range(0, len(val), 16):
+        idx = range(start, min(start + 16, len(val)))
+        Y, X = _batch([val], idx)
+        Y, X = Y.to(device), X.to(device)
+        X0 = _X0(cfg, Y, L, K, 0)
+        X_hat, _ = module(Y, L, X0=X0)
+        losses.append(float(upper_loss(X, X_hat, module.prior)))
+        for j, i in enumerate(idx):
+            item = val[i]
+            per_sample.append(compute_metrics(item["X"], X_hat[j].cpu().numpy(),
+                                              item["seeds"], item["patches"], geo.pos,
+                                              geo.adjacency, val.sfreq))
+    summary = summarize_metrics(per_sample)
+    out = {"val_loss": float(np.mean(losses))}
+    out.update({k: float(v["mean"]) for k, v in summary.items()})
+    return out
+
+
+# -- Φ pre-training ------------------------------------------------------------------
+def pretrain_prior(module, cfg, train, L, K, device, n_steps):
+    """Fit Φ alone as a denoising autoencoder: ``Φ(K Y) ≈ X`` in cosine."""
+    prior = module.prior
+    opt = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(cfg.seed + 1)
+    for step in range(n_steps):
+        idx = rng.integers(0, cfg.n_train, cfg.batch_size)
+        Y, X = _batch(train, idx)
+        Y, X = Y.to(device), X.to(device)
+        X0 = _X0(cfg, Y, L, K, step)
+        loss = (1 - cosine_similarity(X, prior(X0))).mean() + \
+            (1 - cosine_similarity(X, prior(X))).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 0:
+            logger.info(f"  Φ pre-training step {step}/{n_steps}: loss {float(loss):.4f}")
+
+
+# -- main loop -------------------------------------------------------------------------
+def train(cfg, *, resume=False, verbose=None):
+    """Run bilevel training; returns the output directory.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    resume : bool
+        Continue exactly from ``out/checkpoint.pt`` (model, optimizer,
+        scheduler, RNG, epoch and step).
+
+    Returns
+    -------
+    out : pathlib.Path
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    world, rank = _dist_info()
+    device = _pick_device(cfg.device, rank)
+    world, rank = _init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fwd = _load_forward(cfg)
+    train_sets, val = _datasets(cfg, fwd)
+    L = torch.as_tensor(train_sets[0].L, device=device)
+    K = tikhonov_operator(L, cfg.init_reg)
+    module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
+    mconf = model_config(cfg, fwd, L.shape[1])
+    net = module
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(module)
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    steps_per_epoch = cfg.n_train // (cfg.batch_size * world)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt, T_max=max(1, cfg.epochs * steps_per_epoch), eta_min=cfg.lr_min)
+    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": []}
+    if resume and (out / CKPT).is_file():
+        state = _load_checkpoint(out, module, opt, sched)
+        logger.info(f"Resuming at epoch {state['epoch']} step {state['step']}")
+    elif cfg.pretrain_phi_steps:
+        pretrain_prior(module, cfg, train_sets, L, K, device, cfg.pretrain_phi_steps)
+    if rank == 0:
+        (out / "train_config.json").write_text(cfg.to_json())
+    t_start = time.time() - state["elapsed"]
+    last_ckpt = time.time()
+    stop = False
+    while state["epoch"] < cfg.epochs and not stop:
+        epoch = state["epoch"]
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(cfg.n_train)
+        shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
+        first = state["step"] - epoch * steps_per_epoch
+        bar = ProgressBar(steps_per_epoch, mesg=f"epoch {epoch}") if rank == 0 else None
+        module.train()
+        losses = []
+        for k in range(first, steps_per_epoch):
+            Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size])
+            Y, X = Y.to(device), X.to(device)
+            X0 = _X0(cfg, Y, L, K, state["step"])
+            X_hat, _ = net(Y, L, X0=X0, create_graph=True)
+            loss = upper_loss(X, X_hat, module.prior)
+            opt.zero_grad()
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+            state["step"] += 1
+            if bar is not None:
+                bar.update(k + 1)
+            state["elapsed"] = time.time() - t_start
+            budget = cfg.time_budget_min is not None and \
+                state["elapsed"] > 60 * cfg.time_budget_min
+            if _agree(budget, world):
+                stop = True
+                break
+            if rank == 0 and time.time() - last_ckpt > 60 * cfg.checkpoint_min:
+                _save_checkpoint(out, module, opt, sched, state)
+                last_ckpt = time.time()
+        if not stop:
+            state["epoch"] += 1
+        if rank == 0:
+            module.eval()
+            row = {"epoch": epoch, "step": state["step"], "minutes": state["elapsed"] / 60,
+                   "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                   "lr": sched.get_last_lr()[0]}
+            row.update(validate(module, cfg, val, L, K, device))
+            state["history"].append(row)
+            _write_history(out, state["history"])
+            logger.info("  " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+            _save_checkpoint(out, module, opt, sched, state)
+            save_model(out, module.state_dict(), mconf)
+            last_ckpt = time.time()
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _agree(flag, world):
+    if world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _write_history(out, history):
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    with open(out / "history.csv", "w", newline="") as fid:
+        writer = csv.DictWriter(fid, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
