@@ -231,7 +231,7 @@ class LearnedMMInverse:
                                  device=self.device_)
             X, history = self.solver_.solve(Yb, L)
             out.append(X.detach().cpu().double().numpy())
-            hist.append(history)
+            hist.append(history.as_numpy())
         self.history_ = _merge_histories(hist)
         X = np.concatenate(out)
         if resample:
@@ -373,16 +373,7 @@ def _fit_length(X, n_times):
 
 
 def _merge_histories(histories):
-    merged = {}
-    for key in histories[0]:
-        values = [h[key] for h in histories]
-        if torch.is_tensor(values[0]) and values[0].ndim >= 1:
-            merged[key] = torch.cat([v.detach().cpu() for v in values]).numpy()
-        elif isinstance(values[0], np.ndarray) and values[0].ndim >= 1:
-            merged[key] = np.concatenate(values)
-        else:
-            merged[key] = values
-    return merged
+    return {key: np.concatenate([h[key] for h in histories]) for key in histories[0]}
 
 
 def _residual(inst, picks, res):

@@ -163,3 +163,110 @@ def load_state(name_or_path):
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{directory / WEIGHTS_FNAME} does not hold a state_dict of tensors")
     return state, config
+
+
+# -- building solvers from a configuration -------------------------------------------
+def build_solver(kind, solver_kwargs, n_sources):
+    """Instantiate the solver module described by a model configuration.
+
+    Parameters
+    ----------
+    kind : "mm" | "4dvarnet"
+        Learned MM solver or the unrolled 4DVarNet baseline.
+    solver_kwargs : dict
+        Fields of the solver configuration.
+    n_sources : int
+        Number of sources.
+
+    Returns
+    -------
+    module : torch.nn.Module
+    """
+    if kind == "mm":
+        from .solver.mm import LearnedMM as cls
+    elif kind == "4dvarnet":
+        from .solver.unrolled import UnrolledSolver as cls
+    else:
+        raise ValueError(f'Unknown solver kind {kind!r}: expected "mm" or "4dvarnet"')
+    return cls(int(n_sources), **dict(solver_kwargs))
+
+
+class SolverPipeline:
+    """A trained solver with its starting point: ``solve(Y, L) -> (X, history)``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The solver (``forward(Y, L, X0=None) -> (X, history)``).
+    init : "random" | "tikhonov"
+        Starting point, as trained.
+    init_reg : float
+        Regularisation of the Tikhonov start.
+    """
+
+    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0):
+        self.module = module
+        self.init = init
+        self.init_reg = init_reg
+        self._K = None
+
+    def solve(self, Y, L):
+        """Solve a batch.
+
+        Parameters
+        ----------
+        Y : Tensor, shape (n_batch, n_sensors, n_times)
+        L : Tensor, shape (n_sensors, n_sources)
+
+        Returns
+        -------
+        X : Tensor, shape (n_batch, n_sources, n_times)
+        history : dict
+        """
+        from .solver.init import initial_point, normalise_problem, tikhonov_operator
+
+        Y, L = normalise_problem(Y, L)
+        K = None
+        if self.init == "tikhonov":
+            K = tikhonov_operator(L, self.init_reg)
+        X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg)
+        with torch.no_grad():
+            return self.module(Y, L, X0=X0)
+
+
+def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None):
+    """Load a model as a ready-to-use :class:`SolverPipeline`.
+
+    Parameters
+    ----------
+    name_or_path : str | path-like
+        Packaged/registered model name or model directory.
+    device : str | torch.device
+    n_iter : int | None
+        Override the number of MM iterations.
+    bound : str | None
+        Override the curvature bound choice.
+
+    Returns
+    -------
+    pipeline : SolverPipeline
+    config : dict
+    """
+    state, config = load_state(name_or_path)
+    for key in ("kind", "solver", "n_sources", "vertices", "sfreq"):
+        if key not in config:
+            raise ValueError(f"Model configuration lacks {key!r}: not a mne_learned_mm model")
+    solver_kwargs = dict(config["solver"])
+    if n_iter is not None:
+        solver_kwargs["n_iter"] = int(n_iter)
+    if bound is not None:
+        solver_kwargs["bound"] = bound
+    module = build_solver(config["kind"], solver_kwargs, config["n_sources"])
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"Model weights do not match their configuration: "
+                         f"{str(exc).splitlines()[0]}") from None
+    module.eval().to(device)
+    return SolverPipeline(module, config.get("init", "tikhonov"),
+                          config.get("init_reg", 1.0 / 9.0)), config

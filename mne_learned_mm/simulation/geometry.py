@@ -57,7 +57,7 @@ def source_adjacency(src):
             # MNE warns when some vertices of use_tris are not in use (holes);
             # edges to unused vertices are dropped either way.
             warnings.simplefilter("ignore")
-            adj = mne.spatial_src_adjacency(src, verbose=False)
+            adj = mne.spatial_src_adjacency(src, verbose="error")
         adj = sparse.csr_matrix(adj, dtype=np.float64)
     except (RuntimeError, ValueError):
         logger.info("Building the source adjacency from the triangulation")
@@ -66,6 +66,9 @@ def source_adjacency(src):
     adj.eliminate_zeros()
     adj.data[:] = 1.0
     adj.sort_indices()
+    if any(s["nuse"] < len(np.unique(s["use_tris"])) for s in src if s["use_tris"] is not None):
+        logger.info("Some vertices of the source-space triangulation are not used; "
+                    "the adjacency has holes there.")
     return adj
 
 

@@ -101,7 +101,8 @@ def source_matrix(n_sources, patches, profiles, waveforms, dtype=np.float32):
     return X
 
 
-def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_dropout=0.0):
+def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_dropout=0.0,
+                    dtype=np.float32):
     """One sample: patches, their time courses, clean and noisy sensor data.
 
     Parameters
@@ -119,14 +120,17 @@ def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_d
     noise : NoiseConfig
     channel_dropout : float
         Probability of dropping each channel.
+    dtype : numpy dtype
+        Type of ``Y`` and ``X``.
 
     Returns
     -------
     sample : dict
-        ``Y`` (n_channels, n_times) float32 noisy average-referenced data,
-        ``X`` (n_sources, n_times) float32 sources, ``M`` (n_channels,
-        n_times) clean data (float64), ``seeds``, ``orders``, ``patches``,
-        ``mask`` (n_channels,) bool and ``snr_db``.
+        ``Y`` (n_channels, n_times) noisy average-referenced data, ``X``
+        (n_sources, n_times) sources, ``M`` and ``E`` (n_channels, n_times)
+        clean data and scaled noise (float64, before channel dropout),
+        ``seeds``, ``orders``, ``patches``, ``mask`` (n_channels,) bool and
+        ``snr_db``.
     """
     seeds, orders, patches = draw_patches(rng, geometry, config.n_patches, config.order,
                                           config.margin)
@@ -139,6 +143,7 @@ def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_d
     mask = channel_dropout_mask(rng, L.shape[0], channel_dropout)
     if not mask.all():
         Y = apply_channel_mask(Y, mask)
-    return dict(Y=Y.astype(np.float32),
-                X=source_matrix(geometry.n_sources, patches, profiles, waveforms),
-                M=M, seeds=seeds, orders=orders, patches=patches, mask=mask, snr_db=snr)
+    return dict(Y=Y.astype(dtype, copy=False),
+                X=source_matrix(geometry.n_sources, patches, profiles, waveforms, dtype),
+                M=M, E=E, seeds=seeds, orders=orders, patches=patches, mask=mask,
+                snr_db=snr)

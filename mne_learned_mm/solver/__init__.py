@@ -1,0 +1,66 @@
+"""Array-level learned MM solver (pure torch, no MNE)."""
+
+from .bounds import (
+    analytic_nu_hi,
+    cosine_curvature,
+    hessian_bound,
+    hessian_power_iteration,
+    hvp_nu_hi,
+    operator_norm_sq,
+    paper_nu_hi,
+)
+from .majorant import (
+    ConvLSTMCell,
+    CurvatureNet,
+    CurvatureState,
+    SpatialBasis,
+    project_curvature,
+    reference_inverse_curvature,
+    rms_normalize,
+)
+from .mm import BOUNDS, LearnedMM, MMConfig, SolverHistory, initial_point
+from .objective import (
+    cost_and_grad,
+    cosine_similarity,
+    data_fidelity,
+    lower_cost,
+    lower_cost_terms,
+    prior_penalty,
+    upper_loss,
+)
+from .prior import ConvAutoencoder, SoftReLU, conv_operator_norm
+from .unrolled import GradientModulator, UnrolledSolver
+
+__all__ = [
+    "BOUNDS",
+    "ConvAutoencoder",
+    "ConvLSTMCell",
+    "CurvatureNet",
+    "CurvatureState",
+    "GradientModulator",
+    "LearnedMM",
+    "MMConfig",
+    "SoftReLU",
+    "SolverHistory",
+    "SpatialBasis",
+    "UnrolledSolver",
+    "analytic_nu_hi",
+    "conv_operator_norm",
+    "cosine_curvature",
+    "cosine_similarity",
+    "cost_and_grad",
+    "data_fidelity",
+    "hessian_bound",
+    "hessian_power_iteration",
+    "hvp_nu_hi",
+    "initial_point",
+    "lower_cost",
+    "lower_cost_terms",
+    "operator_norm_sq",
+    "paper_nu_hi",
+    "prior_penalty",
+    "project_curvature",
+    "reference_inverse_curvature",
+    "rms_normalize",
+    "upper_loss",
+]

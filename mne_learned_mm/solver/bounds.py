@@ -59,7 +59,7 @@ import math
 
 import torch
 
-from .objective import DEFAULT_EPS, cost_and_grad, cosine_similarity, forward_project, safe_norm
+from .objective import DEFAULT_EPS, cost_and_grad, lower_cost_terms, safe_norm
 
 KAPPA_MAX = 2.0 / math.sqrt(3.0)
 
@@ -100,20 +100,20 @@ def cosine_curvature(c):
 class _Geometry:
     """Per-sample quantities entering the analytic bounds (detached)."""
 
-    def __init__(self, X, Y, L, prior, eps, L_norm_sq=None):
-        X = X.detach()
-        with torch.no_grad():
-            LX = forward_project(L, X)
-            phi = prior(X)
-            self.L_norm = torch.sqrt(operator_norm_sq(L) if L_norm_sq is None else L_norm_sq)
-            self.LX_norm = safe_norm(LX, eps)
-            self.x_norm = safe_norm(X, eps)
-            self.beta = safe_norm(phi, eps)
-            self.c_data = cosine_similarity(Y, LX, eps)
-            self.c_prior = cosine_similarity(X, phi, eps)
+    def __init__(self, X, Y, L, prior, lam, eps, L_norm_sq=None, stats=None):
+        if stats is None:
+            with torch.no_grad():
+                _, stats = lower_cost_terms(X.detach(), Y, L, prior, lam, eps)
+        self.L_norm = torch.sqrt(operator_norm_sq(L) if L_norm_sq is None else L_norm_sq)
+        self.LX_norm = stats["LX_norm"]
+        self.x_norm = stats["x_norm"]
+        self.c_data = stats["cos_data"]
+        self.beta = stats["phi_norm"]
+        self.c_prior = stats["cos_prior"]
         n_times = X.shape[-1]
-        self.rho = prior.lipschitz_bound(n_times)
-        self.alpha = prior.second_derivative_bound(n_times)
+        grad_on = bool(self.x_norm.requires_grad)
+        self.rho = prior.lipschitz_bound(n_times, grad_on) if lam else 0.0
+        self.alpha = prior.second_derivative_bound(n_times, grad_on) if lam else 0.0
 
 
 def _prior_curvature(x_norm, beta, rho, alpha, kappa, sine):
@@ -124,7 +124,9 @@ def _prior_curvature(x_norm, beta, rho, alpha, kappa, sine):
     )
 
 
-def hessian_bound(X, Y, L, prior, lam=1.0, radius=0.0, eps=DEFAULT_EPS, L_norm_sq=None):
+def hessian_bound(
+    X, Y, L, prior, lam=1.0, radius=0.0, eps=DEFAULT_EPS, L_norm_sq=None, stats=None
+):
     """Bound on ``||∇²u(x')||`` over the ball ``||x' − x|| ≤ radius``.
 
     See the module docstring for the derivation. With ``radius=0`` it bounds
@@ -149,13 +151,19 @@ def hessian_bound(X, Y, L, prior, lam=1.0, radius=0.0, eps=DEFAULT_EPS, L_norm_s
         Smoothing of the cosine norms.
     L_norm_sq : Tensor, shape () | None
         Precomputed ``||L||²``.
+    stats : dict | None
+        Precomputed ``stats`` of
+        :func:`~mne_learned_mm.solver.objective.lower_cost_terms` at ``X``.
+        If they carry a graph, the bound is differentiable with respect to
+        ``X`` and Φ's weights (the layer norms enter through their top
+        singular vectors); otherwise it is detached.
 
     Returns
     -------
     bound : Tensor, shape (n_batch,)
         ``+inf`` where the ball reaches a zero of ``LX``, ``X`` or ``Φ(X)``.
     """
-    geo = _Geometry(X, Y, L, prior, eps, L_norm_sq)
+    geo = _Geometry(X, Y, L, prior, lam, eps, L_norm_sq, stats)
     return _ball_bound(geo, lam, radius)
 
 
@@ -169,12 +177,14 @@ def _ball_bound(geo, lam, radius):
         kd = kp = KAPPA_MAX
         sine = 1.0
     lx = geo.LX_norm - geo.L_norm * radius
-    xn = geo.x_norm - radius
-    beta = geo.beta - geo.rho * radius
     bound = kd * geo.L_norm**2 / lx**2
+    invalid = lx <= 0
     if lam:
+        xn = geo.x_norm - radius
+        beta = geo.beta - geo.rho * radius
         bound = bound + lam * _prior_curvature(xn, beta, geo.rho, geo.alpha, kp, sine)
-    invalid = (lx <= 0) | (xn <= 0) | (beta <= 0) | ~torch.isfinite(bound)
+        invalid = invalid | (xn <= 0) | (beta <= 0)
+    invalid = invalid | ~torch.isfinite(bound)
     return torch.where(invalid, torch.full_like(bound, math.inf), bound)
 
 
@@ -188,6 +198,7 @@ def analytic_nu_hi(
     gamma=1.0,
     eps=DEFAULT_EPS,
     L_norm_sq=None,
+    stats=None,
     radius_fractions=(0.02, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7),
 ):
     """Provable upper bound ν_hi on the inverse curvature (shipped bound).
@@ -200,7 +211,7 @@ def analytic_nu_hi(
 
     Parameters
     ----------
-    X, Y, L, prior, lam, eps, L_norm_sq
+    X, Y, L, prior, lam, eps, L_norm_sq, stats
         See :func:`hessian_bound`.
     grad : Tensor, shape (n_batch, n_sources, n_times) | None
         Gradient ``g = ∇u(X)``.
@@ -214,10 +225,10 @@ def analytic_nu_hi(
     -------
     nu_hi : Tensor, shape (n_batch,)
     """
-    geo = _Geometry(X, Y, L, prior, eps, L_norm_sq)
+    geo = _Geometry(X, Y, L, prior, lam, eps, L_norm_sq, stats)
     if grad is None:
         return 1.0 / _ball_bound(geo, lam, 0.0)
-    g_norm = safe_norm(grad.detach(), eps)
+    g_norm = safe_norm(grad, eps)
     scale = torch.minimum(geo.LX_norm / geo.L_norm, geo.x_norm)
     if lam and geo.rho > 0:
         scale = torch.minimum(scale, geo.beta / geo.rho)
@@ -250,7 +261,7 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
     -------
     nu_hi : Tensor, shape (n_batch,)
     """
-    geo = _Geometry(X, Y, L, prior, eps)
+    geo = _Geometry(X, Y, L, prior, lam, eps)
     n1, n2, n3 = prior.layer_norms(X.shape[-1])
     if rho is None:
         rho = geo.rho
@@ -260,6 +271,8 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
         alpha = n3 * (n1**2 * n2**2 + w2_l1 * n1**2) / (2.0 * prior.eps)
     n_sources = X.shape[1]
     mu1 = 5.0 * geo.L_norm**2 / geo.LX_norm**2
+    if not lam:
+        return 1.0 / mu1
     xn, beta = geo.x_norm, geo.beta
     mu2 = (
         (5.0 * rho + 1.0) / (beta * xn)

@@ -61,3 +61,24 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
     X0 = torch.einsum("sn,bnt->bst", K, Y)
     norm = X0.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)
     return X0 / norm[:, None, None]
+
+
+def normalise_problem(Y, L):
+    """Scale ``Y`` to unit Frobenius norm per sample and ``L`` to unit spectral norm.
+
+    The cosine costs are invariant to both scalings (the amplitude is restored
+    afterwards by least squares), so the learned parts always see the same
+    numeric range whatever the units of the data.
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+    L : Tensor, shape (n_sensors, n_sources)
+
+    Returns
+    -------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+    L : Tensor, shape (n_sensors, n_sources)
+    """
+    Y = Y / Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)[:, None, None]
+    return Y, L / torch.linalg.matrix_norm(L, ord=2)

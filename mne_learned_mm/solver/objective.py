@@ -80,6 +80,39 @@ def prior_penalty(X, prior, eps=DEFAULT_EPS):
     return 1.0 - cosine_similarity(X, prior(X), eps)
 
 
+def lower_cost_terms(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS):
+    """Lower-level cost and the per-sample quantities the bounds reuse.
+
+    Parameters
+    ----------
+    X, Y, L, prior, lam, eps
+        See :func:`lower_cost`.
+
+    Returns
+    -------
+    u : Tensor, shape (n_batch,)
+        Lower-level cost.
+    stats : dict of Tensor, shape (n_batch,)
+        ``LX_norm`` (``||LX||``), ``x_norm`` (``||X||``),
+        ``phi_norm`` (``||Φ(X)||``, NaN if ``lam == 0``), ``cos_data``
+        (``cos(Y, LX)``) and ``cos_prior`` (``cos(X, Φ(X))``, NaN if
+        ``lam == 0``).
+    """
+    LX = forward_project(L, X)
+    cos_data = cosine_similarity(Y, LX, eps)
+    u = 1.0 - cos_data
+    stats = dict(LX_norm=safe_norm(LX, eps), x_norm=safe_norm(X, eps), cos_data=cos_data)
+    if lam:
+        phi = prior(X)
+        cos_prior = cosine_similarity(X, phi, eps)
+        u = u + lam * (1.0 - cos_prior)
+        stats.update(phi_norm=safe_norm(phi, eps), cos_prior=cos_prior)
+    else:
+        nan = torch.full_like(u, float("nan")).detach()
+        stats.update(phi_norm=nan, cos_prior=nan)
+    return u, stats
+
+
 def lower_cost(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS):
     """Lower-level cost ``u(X) = (1 − cos(Y, L X)) + λ (1 − cos(X, Φ(X)))``.
 
@@ -102,13 +135,12 @@ def lower_cost(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS):
     -------
     u : Tensor, shape (n_batch,)
     """
-    cost = data_fidelity(X, Y, L, eps)
-    if lam:
-        cost = cost + lam * prior_penalty(X, prior, eps)
-    return cost
+    return lower_cost_terms(X, Y, L, prior, lam, eps)[0]
 
 
-def cost_and_grad(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, create_graph=False):
+def cost_and_grad(
+    X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, create_graph=False, return_stats=False
+):
     """Lower-level cost and its gradient with respect to ``X`` (autograd).
 
     Samples are independent, so the gradient of ``u.sum()`` is the stack of
@@ -125,23 +157,26 @@ def cost_and_grad(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, create_graph=False):
         See :func:`lower_cost`.
     create_graph : bool
         Keep the graph of the gradient.
+    return_stats : bool
+        Also return the ``stats`` of :func:`lower_cost_terms` (detached
+        unless ``create_graph``).
 
     Returns
     -------
     u : Tensor, shape (n_batch,)
     grad : Tensor, shape (n_batch, n_sources, n_times)
+    stats : dict
+        Only if ``return_stats``.
     """
     with torch.enable_grad():
-        if create_graph:
-            if not X.requires_grad:
-                X = X.detach().requires_grad_(True)
-        else:
+        if not (create_graph and X.requires_grad):
             X = X.detach().requires_grad_(True)
-        u = lower_cost(X, Y, L, prior, lam, eps)
+        u, stats = lower_cost_terms(X, Y, L, prior, lam, eps)
         (grad,) = torch.autograd.grad(u.sum(), X, create_graph=create_graph)
     if not create_graph:
         u = u.detach()
-    return u, grad
+        stats = {k: v.detach() for k, v in stats.items()}
+    return (u, grad, stats) if return_stats else (u, grad)
 
 
 def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS):

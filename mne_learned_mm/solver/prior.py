@@ -141,7 +141,7 @@ class ConvAutoencoder(nn.Module):
         z = self.act(self.conv2(z))
         return self.conv3(z)
 
-    def layer_norms(self, n_times):
+    def layer_norms(self, n_times, differentiable=False):
         """Operator norms of the three convolutions on length-``n_times`` input.
 
         Cached per weight version and length; after a weight update the power
@@ -151,10 +151,14 @@ class ConvAutoencoder(nn.Module):
         ----------
         n_times : int
             Sequence length.
+        differentiable : bool
+            Return tensors ``||W_i v_i||`` with the (detached) top singular
+            vectors ``v_i``, whose gradient with respect to the weights is
+            the derivative of the top singular value.
 
         Returns
         -------
-        norms : tuple of float, length 3
+        norms : tuple of float | tuple of Tensor, length 3
             ``(||W1||, ||W2||, ||W3||)``.
         """
         norms = []
@@ -162,31 +166,34 @@ class ConvAutoencoder(nn.Module):
             w = conv.weight
             key = (w.data_ptr(), w._version, w.dtype, w.device, int(n_times))
             entry = self._norm_cache.get(i)
-            if entry is not None and entry[0] == key:
+            if entry is None or entry[0] != key:
+                v0 = entry[2] if entry is not None else None
+                norm, v = conv_operator_norm(w, int(n_times), v0=v0)
+                entry = self._norm_cache[i] = (key, norm, v)
+            if differentiable:
+                norms.append(F.conv1d(entry[2], w, padding=w.shape[-1] // 2).norm())
+            else:
                 norms.append(entry[1])
-                continue
-            v0 = entry[2] if entry is not None else None
-            norm, v = conv_operator_norm(w, int(n_times), v0=v0)
-            self._norm_cache[i] = (key, norm, v)
-            norms.append(norm)
         return tuple(norms)
 
-    def lipschitz_bound(self, n_times):
+    def lipschitz_bound(self, n_times, differentiable=False):
         """Bound ρ ≥ ||J_Φ(x)|| for all x: product of the layer norms.
 
         Parameters
         ----------
         n_times : int
             Sequence length.
+        differentiable : bool
+            See :meth:`layer_norms`.
 
         Returns
         -------
-        rho : float
+        rho : float | Tensor, shape ()
         """
-        n1, n2, n3 = self.layer_norms(n_times)
+        n1, n2, n3 = self.layer_norms(n_times, differentiable)
         return n1 * n2 * n3
 
-    def second_derivative_bound(self, n_times):
+    def second_derivative_bound(self, n_times, differentiable=False):
         """Bound α̃ ≥ ||D²Φ(x)[h, h]|| for all x and unit h.
 
         With ``ż = W1 h``, ``ä1 = σ''(z1) ⊙ ż²`` and
@@ -198,10 +205,12 @@ class ConvAutoencoder(nn.Module):
         ----------
         n_times : int
             Sequence length.
+        differentiable : bool
+            See :meth:`layer_norms`.
 
         Returns
         -------
-        alpha : float
+        alpha : float | Tensor, shape ()
         """
-        n1, n2, n3 = self.layer_norms(n_times)
+        n1, n2, n3 = self.layer_norms(n_times, differentiable)
         return n3 * n1**2 * n2 * (n2 + 1.0) / (2.0 * self.eps)

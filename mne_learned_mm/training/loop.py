@@ -17,7 +17,7 @@ from .. import __version__
 from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SimulatedDataset
-from ..solver.init import initial_point, tikhonov_operator
+from ..solver.init import initial_point, normalise_problem, tikhonov_operator
 from ..solver.objective import cosine_similarity, upper_loss
 from .config import TrainConfig
 
@@ -76,7 +76,7 @@ def _batch(datasets, indices):
     T = min(it["Y"].shape[-1] for it in items)
     Y = torch.as_tensor(np.stack([it["Y"][:, :T] for it in items]))
     X = torch.as_tensor(np.stack([it["X"][:, :T] for it in items]))
-    return Y, X
+    return normalise_problem(Y, torch.ones(1, 1))[0], X
 
 
 # -- model -------------------------------------------------------------------------
@@ -183,7 +183,7 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
         loss.backward()
         opt.step()
         if step % 50 == 0:
-            logger.info(f"  Φ pre-training step {step}/{n_steps}: loss {float(loss):.4f}")
+            logger.info(f"  Φ pre-training step {step}/{n_steps}: loss {loss.item():.4f}")
 
 
 # -- main loop -------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def train(cfg, *, resume=False, verbose=None):
     out.mkdir(parents=True, exist_ok=True)
     fwd = _load_forward(cfg)
     train_sets, val = _datasets(cfg, fwd)
-    L = torch.as_tensor(train_sets[0].L, device=device)
+    L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1].to(device)
     K = tikhonov_operator(L, cfg.init_reg)
     module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
     mconf = model_config(cfg, fwd, L.shape[1])
@@ -240,10 +240,12 @@ def train(cfg, *, resume=False, verbose=None):
         perm = np.random.default_rng([cfg.seed, epoch]).permutation(cfg.n_train)
         shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
         first = state["step"] - epoch * steps_per_epoch
-        bar = ProgressBar(steps_per_epoch, mesg=f"epoch {epoch}") if rank == 0 else None
+        steps = range(first, steps_per_epoch)
+        if rank == 0:
+            steps = ProgressBar(steps, mesg=f"epoch {epoch}")
         module.train()
         losses = []
-        for k in range(first, steps_per_epoch):
+        for k in steps:
             Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size])
             Y, X = Y.to(device), X.to(device)
             X0 = _X0(cfg, Y, L, K, state["step"])
@@ -255,10 +257,8 @@ def train(cfg, *, resume=False, verbose=None):
                 torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             state["step"] += 1
-            if bar is not None:
-                bar.update(k + 1)
             state["elapsed"] = time.time() - t_start
             budget = cfg.time_budget_min is not None and \
                 state["elapsed"] > 60 * cfg.time_budget_min

@@ -1,0 +1,194 @@
+"""Sphinx configuration of the mne-learned-mm documentation.
+
+Build (offline, warnings are errors)::
+
+    python -m sphinx -W -b html doc doc/_build/html
+    python doc/check_images.py
+
+Environment variables:
+
+``MNE_LMM_DOC_INTERSPHINX=1``
+    Link to the MNE, PyTorch, NumPy, SciPy, Matplotlib and Python docs. It
+    needs internet to fetch their inventories, so it is off by default (the
+    build then works offline; references to those projects stay plain text).
+``MNE_LMM_DOC_EXAMPLES=<regex>``
+    Only execute the gallery examples whose path matches the regex (default:
+    all of them). Examples not executed are still rendered, without output.
+"""
+
+import os
+import re
+import shutil
+import sys
+import warnings
+from datetime import date
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import mne_learned_mm  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from md2rst import markdown_to_rst  # noqa: E402
+
+# -- project ---------------------------------------------------------------------
+project = "mne-learned-mm"
+author = "mne-learned-mm developers"
+copyright = f"{date.today().year}, {author}"
+release = mne_learned_mm.__version__
+version = ".".join(release.split(".")[:2])
+
+# -- general -------------------------------------------------------------------------
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+]
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
+root_doc = "index"
+default_role = "literal"
+pygments_style = "sphinx"
+suppress_warnings = []
+
+# -- autodoc / autosummary / numpydoc ------------------------------------------------
+autosummary_generate = True
+autodoc_default_options = {"inherited-members": False}
+autodoc_typehints = "none"
+autodoc_member_order = "bysource"
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_attributes_as_param_list = True
+numpydoc_xref_param_type = True
+numpydoc_xref_aliases = {
+    "Evoked": "mne.Evoked",
+    "Epochs": "mne.Epochs",
+    "Forward": "mne.Forward",
+    "Info": "mne.Info",
+    "Covariance": "mne.Covariance",
+    "SourceEstimate": "mne.SourceEstimate",
+    "Tensor": "torch.Tensor",
+    "Generator": "numpy.random.Generator",
+    "RandomState": "numpy.random.RandomState",
+    "Path": "pathlib.Path",
+    "LearnedMMInverse": "mne_learned_mm.LearnedMMInverse",
+    "TrainConfig": "mne_learned_mm.training.TrainConfig",
+    "SimulatedDataset": "mne_learned_mm.simulation.SimulatedDataset",
+}
+numpydoc_xref_ignore = {
+    "type", "optional", "default", "of", "or", "shape", "array", "array-like",
+    "path-like", "dict", "list", "tuple", "int", "float", "str", "bool", "None",
+    "n_sources", "n_times", "n_sensors", "n_channels", "n_batch", "n_patches",
+    "n_iter", "k", "function", "instance", "callable", "like", "the", "same", "as",
+}
+
+# -- intersphinx (opt-in: needs internet) ---------------------------------------------
+_INTERSPHINX = {
+    "python": ("https://docs.python.org/3", None),
+    "mne": ("https://mne.tools/stable", None),
+    "torch": ("https://docs.pytorch.org/docs/stable", None),
+    "numpy": ("https://numpy.org/doc/stable", None),
+    "scipy": ("https://docs.scipy.org/doc/scipy", None),
+    "matplotlib": ("https://matplotlib.org/stable", None),
+}
+if os.environ.get("MNE_LMM_DOC_INTERSPHINX", "0").lower() in ("1", "true", "yes"):
+    intersphinx_mapping = _INTERSPHINX
+else:
+    intersphinx_mapping = {}
+intersphinx_timeout = 10
+
+# -- HTML ----------------------------------------------------------------------------
+html_theme = "pydata_sphinx_theme"
+html_title = f"mne-learned-mm {release}"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+    "secondary_sidebar_items": ["page-toc", "sg_download_links", "sg_launcher_links"],
+    "footer_start": ["copyright"],
+    "footer_end": ["sphinx-version"],
+}
+html_sidebars = {"install": [], "how_it_works": [], "benchmarks": []}
+html_show_sourcelink = False
+html_last_updated_fmt = None
+
+
+# -- sphinx-gallery -------------------------------------------------------------------
+def _reset_warnings(gallery_conf, fname):
+    """Run before each example: show our warnings, hide known third-party noise."""
+    warnings.resetwarnings()
+    warnings.filterwarnings("default")
+    # MNE >= 1.13 deprecates its matplotlib 3D backend, which is what renders
+    # ``stc.plot`` without a display or OpenGL (see doc/install.rst).
+    warnings.filterwarnings(
+        "ignore", message=".*matplotlib 3D backend is deprecated.*", category=FutureWarning)
+
+
+def _examples_pattern():
+    custom = os.environ.get("MNE_LMM_DOC_EXAMPLES")
+    return custom if custom else re.escape(os.sep) + r"\d\d_"
+
+
+sphinx_gallery_conf = {
+    "examples_dirs": ["../examples"],
+    "gallery_dirs": ["auto_examples"],
+    "filename_pattern": _examples_pattern(),
+    "ignore_pattern": r"__init__\.py|/_",
+    "within_subsection_order": "FileNameSortKey",
+    "backreferences_dir": "generated/backreferences",
+    "doc_module": ("mne_learned_mm",),
+    "reference_url": {"mne_learned_mm": None},
+    "image_scrapers": ("matplotlib",),
+    "reset_modules": ("matplotlib", _reset_warnings),
+    "remove_config_comments": True,
+    "min_reported_time": 1,
+    "show_memory": False,
+    "plot_gallery": "True",
+    "abort_on_example_error": False,
+    "only_warn_on_example_error": False,
+    "download_all_examples": False,
+    "show_signature": False,
+    "capture_repr": ("_repr_html_", "__repr__"),
+    "matplotlib_animations": False,
+}
+
+
+# -- generated pages -------------------------------------------------------------------
+def _benchmark_page():
+    """Convert benchmarks/RESULTS.md to reST included by benchmarks.rst."""
+    src = ROOT / "benchmarks" / "RESULTS.md"
+    out = HERE / "generated" / "benchmark_results.rst.inc"
+    out.parent.mkdir(exist_ok=True)
+    if src.is_file():
+        body = markdown_to_rst(src.read_text(encoding="utf-8"), top_level=1)
+    else:
+        body = (".. note::\n\n   ``benchmarks/RESULTS.md`` was not found when these "
+                "pages were built: no measured results to show.\n")
+    if not out.is_file() or out.read_text(encoding="utf-8") != body:
+        out.write_text(body, encoding="utf-8")
+
+
+def _fsaverage_sphere_reg():
+    """Give the embedded fsaverage the ``?h.sphere.reg`` MNE's mpl 3D plot reads.
+
+    ``stc.plot(backend="matplotlib")`` reads the triangles of
+    ``surf/?h.sphere.reg``. For fsaverage the registered sphere is the sphere
+    itself (same mesh), so a copy of ``?h.sphere`` is exact. No-op once the
+    embedded head ships the file.
+    """
+    surf = Path(mne_learned_mm.fetch_fsaverage_head(verbose=False)) / "fsaverage" / "surf"
+    for hemi in ("lh", "rh"):
+        reg = surf / f"{hemi}.sphere.reg"
+        if not reg.is_file() and (surf / f"{hemi}.sphere").is_file():
+            shutil.copyfile(surf / f"{hemi}.sphere", reg)
+
+
+_benchmark_page()
+_fsaverage_sphere_reg()
