@@ -116,7 +116,7 @@ def _table(header, rows):
     return lines + [""]
 
 
-def markdown_to_rst(md, top_level=0):
+def markdown_to_rst(md, top_level=0, image_path=None):
     """Convert Markdown text to reST.
 
     Parameters
@@ -126,6 +126,9 @@ def markdown_to_rst(md, top_level=0):
     top_level : int
         Heading level given to Markdown ``#`` (0 gives ``=`` underlines, 1
         gives ``-``, ...), so that the result can be included below a title.
+    image_path : callable | None
+        Maps the URL of an image that stands alone in a paragraph to a path
+        usable by ``.. figure::`` (or None to keep only its alt text).
 
     Returns
     -------
@@ -231,6 +234,13 @@ def markdown_to_rst(md, top_level=0):
         blank()
         text = " ".join(para)
         text = re.sub(r"\s{2,}$", "", text)
+        img = _IMAGE.fullmatch(text)
+        path = image_path(img.group(2)) if img and image_path is not None else None
+        if path:
+            out += [f".. figure:: {path}", "   :width: 100%", ""]
+            if img.group(1):
+                out += ["   " + _inline(img.group(1)), ""]
+            continue
         out.append(_inline(text))
         out.append("")
     while out and out[-1] == "":

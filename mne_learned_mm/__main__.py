@@ -18,6 +18,8 @@ def _demo(args):
     matplotlib.use("Agg")
     import mne
 
+    from .evaluation.benchmark import format_table, noise_variance, sample_evoked, white_noise_cov
+    from .evaluation.methods import MinimumNorm
     from .evaluation.metrics import compute_metrics, summarize_metrics
     from .head import make_fsaverage_forward
     from .inverse import LearnedMMInverse
@@ -31,64 +33,36 @@ def _demo(args):
     ds = SimulatedDataset(fwd, kind="sereega", n_samples=args.n, seed=args.seed,
                           snr_db=args.snr)
     geo = ds.geometry
-    lmm = LearnedMMInverse(model=args.model, device=args.device).fit(fwd)
-    results = {"learned MM": [], "sLORETA": []}
-    timing = {"learned MM": 0.0, "sLORETA": 0.0}
-    examples = {}
+    methods = {"learned MM": LearnedMMInverse(model=args.model, device=args.device).fit(fwd)
+               .apply, "sLORETA": MinimumNorm("sLORETA")}
+    results = {name: [] for name in methods}
+    seconds = {name: 0.0 for name in methods}
     for i in range(args.n):
         item = ds[i]
-        evoked = mne.EvokedArray(item["Y"], ds.info, tmin=0.0, verbose=False)
-        evoked.set_eeg_reference("average", projection=True, verbose=False)
-        noise_var = item.get("noise_var", None)
-        cov = _white_cov(evoked.info, item["Y"], args.snr, noise_var)
-        t = time.perf_counter()
-        stc_sl = _sloreta(evoked, fwd, cov)
-        timing["sLORETA"] += time.perf_counter() - t
-        t = time.perf_counter()
-        stc_mm = lmm.apply(evoked)
-        timing["learned MM"] += time.perf_counter() - t
-        for name, stc in (("learned MM", stc_mm), ("sLORETA", stc_sl)):
-            results[name].append(compute_metrics(item["X"], stc.data, item["seeds"],
+        evoked = sample_evoked(item["Y"], ds.info)
+        cov = white_noise_cov(noise_variance(item["Y"], item["X"], ds.L), ds.info["ch_names"])
+        stcs = {}
+        for name, method in methods.items():
+            t = time.perf_counter()
+            stcs[name] = method(evoked) if name == "learned MM" else method(evoked, fwd, cov)
+            seconds[name] += time.perf_counter() - t
+            results[name].append(compute_metrics(item["X"], stcs[name].data, item["seeds"],
                                                  item["patches"], geo.pos, geo.adjacency,
                                                  ds.sfreq))
         if i == 0:
-            examples = {"true": item["X"], "learned MM": stc_mm.data,
-                        "sLORETA": stc_sl.data, "seed": item["seeds"][0]}
-    print(f"\n{args.n} simulated evoked responses, SEREEGA-style extended sources, "
-          f"SNR {args.snr:g} dB\n")
-    print(_table(results, timing, args.n))
-    _figure(examples, geo.pos, args.out)
+            example = {"true": item["X"], "seed": item["seeds"][0],
+                       **{name: stc.data for name, stc in stcs.items()}}
+    print(f"\n{args.n} simulated evoked responses, SEREEGA-style extended sources "
+          f"(1-3 patches), SNR {args.snr:g} dB\n")
+    summaries = {}
+    for name, rows in results.items():
+        summaries[name] = summarize_metrics(rows)
+        summaries[name]["ms"] = {"mean": 1e3 * seconds[name] / args.n, "sd": 0.0,
+                                 "n_nan": 0, "n_inf": 0}
+    print(format_table({f"{args.snr:g}": summaries}))
+    _figure(example, geo.pos, args.out)
     print(f"\nfigure saved to {args.out}")
     return 0
-
-
-def _white_cov(info, Y, snr_db, noise_var):
-    import mne
-
-    if noise_var is None:  # white noise at the known SNR (Frobenius definition)
-        noise_var = (np.linalg.norm(Y) ** 2 / Y.size) / (1 + 10 ** (snr_db / 10))
-    return mne.make_ad_hoc_cov(info, std=dict(eeg=float(np.sqrt(noise_var))),
-                               verbose=False)
-
-
-def _sloreta(evoked, fwd, cov):
-    from mne.minimum_norm import apply_inverse, make_inverse_operator
-
-    inv = make_inverse_operator(evoked.info, fwd, cov, loose=0.0, depth=0.8, verbose=False)
-    return apply_inverse(evoked, inv, lambda2=1.0 / 9.0, method="sLORETA", verbose=False)
-
-
-def _table(results, timing, n):
-    from .evaluation.metrics import summarize_metrics
-
-    lines = ["| method | LE (mm) | AUC (%) | nMSE | PSNR (dB) | TE (ms) | ms/evoked |",
-             "|---|---|---|---|---|---|---|"]
-    for name, rows in results.items():
-        s = summarize_metrics(rows)
-        cells = [f"{s[m]['mean']:.3g} ± {s[m]['sd']:.2g}" for m in
-                 ("LE", "AUC", "nMSE", "PSNR", "TE")]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {1e3 * timing[name] / n:.0f} |")
-    return "\n".join(lines)
 
 
 def _figure(ex, pos, fname):

@@ -79,7 +79,8 @@ def test_perfect_reconstruction():
     X, seeds, patches = _patch_sources([15, 40])
     for scale in (1.0, 3e-9):  # any positive scale gives the same metrics
         m = compute_metrics(X, scale * X, seeds, patches, pos, adj, SFREQ)
-        assert list(m) == list(METRICS)
+        assert list(m) == list(METRICS) + ["found"]
+        assert m["found"] == 100
         assert m["LE"] == 0 and m["TE"] == 0
         assert m["AUC"] == pytest.approx(100.0)
         assert m["nMSE"] == pytest.approx(0.0, abs=1e-20)
@@ -154,6 +155,13 @@ def test_two_patches_zone_excludes_other_patch():
     X_hat[patches[1] + 2] = X[patches[1]]
     m = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ)
     assert m["LE"] == pytest.approx(np.mean([0, 1e3 * SPACING * 2]))
+    assert m["found"] == 100
+    # second patch missed: worst case for it only, i.e. its farthest zone source
+    X_hat[patches[1] + 2] = 0
+    m = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ)
+    assert m["found"] == 50
+    zone = seed_zone(adj, 18, patches)
+    assert m["LE"] == pytest.approx(0.5 * 1e3 * np.max(np.abs(pos[zone, 0] - pos[18, 0])))
 
 
 def test_all_zero_estimate():
@@ -167,6 +175,7 @@ def test_all_zero_estimate():
     assert m["nMSE"] == pytest.approx(np.mean(normalize_max(X[:, 15]) ** 2))
     # X >= 0 here, so R = min(Xn) - max(0) = 0: the worst PSNR
     assert m["PSNR"] == -np.inf
+    assert m["found"] == 0
     m = compute_metrics(-X, np.zeros_like(X), seeds, patches, pos, adj, SFREQ)
     assert m["PSNR"] == pytest.approx(10 * np.log10(1 / np.mean(normalize_max(X) ** 2)))
 

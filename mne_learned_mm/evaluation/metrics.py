@@ -54,6 +54,10 @@ METRIC_UNITS = {"LE": "mm", "AUC": "%", "nMSE": "", "PSNR": "dB", "TE": "ms"}
 LOWER_IS_BETTER = {"LE": True, "AUC": False, "nMSE": True, "PSNR": False, "TE": True}
 """Direction of each metric."""
 
+FOUND = "found"
+"""Key of the diagnostic returned with the metrics: % of seeds with an estimated
+peak in their zone (the others get the worst-case LE and TE)."""
+
 ZONE_ORDER = 7
 """Number of neighbour rings around a seed in which its estimated peak is sought."""
 
@@ -378,23 +382,27 @@ def compute_metrics(X, X_hat, seeds, patches, pos, adjacency, sfreq, *, order=ZO
     Returns
     -------
     metrics : dict
-        ``{"LE": mm, "AUC": %, "nMSE": float, "PSNR": dB, "TE": ms}``; LE, AUC,
-        nMSE and TE are averages over the seeds.
+        ``{"LE": mm, "AUC": %, "nMSE": float, "PSNR": dB, "TE": ms, "found": %}``;
+        LE, AUC, nMSE and TE are averages over the seeds; ``found`` is the
+        percentage of seeds whose zone holds a non-zero estimate at ``t*``
+        (a diagnostic for sparse solvers, see the module notes).
     """
     X, X_hat = _check_pair(X, X_hat)
     seeds = np.atleast_1d(np.asarray(seeds, int))
     if seeds.size == 0:
         raise ValueError("seeds must hold at least one source index")
-    per_seed = {name: [] for name in ("LE", "AUC", "nMSE", "TE")}
+    per_seed = {name: [] for name in ("LE", "AUC", "nMSE", "TE", FOUND)}
     for seed in seeds:
         zone = seed_zone(adjacency, seed, patches, order)
+        found = estimated_seed(X_hat, peak_time(X, seed), zone) >= 0
+        per_seed[FOUND].append(100.0 * found)
         per_seed["LE"].append(localization_error(X, X_hat, seed, pos, zone))
         per_seed["TE"].append(time_error(X, X_hat, seed, zone, sfreq))
         per_seed["AUC"].append(auc_at_peak(X, X_hat, seed))
         per_seed["nMSE"].append(nmse_at_peak(X, X_hat, seed))
     out = {name: float(np.mean(values)) for name, values in per_seed.items()}
     out["PSNR"] = psnr(X, X_hat)
-    return {name: out[name] for name in METRICS}
+    return {name: out[name] for name in METRICS + (FOUND,)}
 
 
 def summarize_metrics(per_sample):
@@ -403,19 +411,21 @@ def summarize_metrics(per_sample):
     Parameters
     ----------
     per_sample : list of dict
-        Outputs of :func:`compute_metrics`.
+        Outputs of :func:`compute_metrics` (or any dicts of numbers with the
+        same keys).
 
     Returns
     -------
     summary : dict
-        ``{metric: {"mean", "sd", "n", "n_nan", "n_inf"}}``. Mean and
+        ``{key: {"mean", "sd", "n", "n_nan", "n_inf"}}`` for every key of the
+        dicts, in their order. Mean and
         population standard deviation (``ddof=0``) are taken over the ``n``
         finite values; ``n_nan`` and ``n_inf`` count the values left out
         (an undefined AUC, a PSNR of ``±inf``), so that one degenerate sample
         cannot hide all the others.
     """
     summary = {}
-    for name in METRICS:
+    for name in per_sample[0] if per_sample else METRICS:
         values = np.array([m[name] for m in per_sample], float)
         finite = values[np.isfinite(values)]
         summary[name] = {

@@ -59,7 +59,7 @@ import math
 
 import torch
 
-from .objective import DEFAULT_EPS, cost_and_grad, lower_cost_terms, safe_norm
+from .objective import DEFAULT_EPS, batch_dot, cost_and_grad, lower_cost_terms, safe_norm
 
 KAPPA_MAX = 2.0 / math.sqrt(3.0)
 
@@ -232,12 +232,10 @@ def analytic_nu_hi(
     scale = torch.minimum(geo.LX_norm / geo.L_norm, geo.x_norm)
     if lam and geo.rho > 0:
         scale = torch.minimum(scale, geo.beta / geo.rho)
-    best = torch.zeros_like(scale)
-    for frac in radius_fractions:
-        radius = frac * scale
-        nu = torch.minimum(1.0 / _ball_bound(geo, lam, radius), radius / (gamma * g_norm))
-        best = torch.maximum(best, nu)
-    return best
+    fracs = torch.as_tensor(radius_fractions, dtype=scale.dtype, device=scale.device)
+    radius = fracs[:, None] * scale[None, :]  # (n_radii, n_batch)
+    nu = torch.minimum(1.0 / _ball_bound(geo, lam, radius), radius / (gamma * g_norm))
+    return nu.amax(0).clamp_min(0)
 
 
 def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
@@ -280,10 +278,6 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
         + 4.0 * (rho / beta + 1.0 / xn) ** 2
     )
     return 1.0 / (mu1 + lam * mu2)
-
-
-def _batch_dot(a, b):
-    return (a * b).reshape(a.shape[0], -1).sum(-1)
 
 
 def _unit(v, eps=1e-30):
@@ -333,7 +327,7 @@ def hessian_power_iteration(
     for _ in range(n_iter):
         (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)
         lam_max = hv.reshape(hv.shape[0], -1).norm(dim=-1)
-        rayleigh = _batch_dot(v, hv)
+        rayleigh = batch_dot(v, hv)
         v = _unit(hv)
     return lam_max.detach(), v.detach(), rayleigh.detach()
 

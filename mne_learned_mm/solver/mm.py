@@ -8,7 +8,7 @@ from torch import nn
 
 from .bounds import analytic_nu_hi, hessian_power_iteration, hvp_nu_hi, operator_norm_sq
 from .majorant import CurvatureNet, _expand, project_curvature, reference_inverse_curvature
-from .objective import DEFAULT_EPS, cost_and_grad, lower_cost_terms
+from .objective import DEFAULT_EPS, batch_dot, cost_and_grad, lower_cost_terms
 from .prior import ConvAutoencoder
 
 BOUNDS = ("analytic", "hvp", "min", "none")
@@ -173,12 +173,9 @@ def initial_point(Y, n_sources, config, X0=None):
     if X0 is not None:
         return torch.as_tensor(X0, dtype=Y.dtype, device=Y.device).expand(shape).clone()
     gen = torch.Generator().manual_seed(config.seed)
-    X0 = torch.randn(shape, generator=gen, dtype=torch.float64)
-    return (config.init_scale * X0).to(dtype=Y.dtype, device=Y.device)
-
-
-def _dot(a, b):
-    return (a * b).reshape(a.shape[0], -1).sum(-1)
+    dtype = Y.dtype if Y.dtype.is_floating_point else torch.get_default_dtype()
+    X0 = torch.randn(shape, generator=gen, dtype=dtype)
+    return (config.init_scale * X0).to(device=Y.device)
 
 
 def _scatter(dst, idx, src):
@@ -250,30 +247,33 @@ class LearnedMM(nn.Module):
     def _certify(self, X, Y, L, u, g, p, create_graph):
         """Per-sample step factors ``2^-k`` (0 if rejected) passing the certificate.
 
-        Returns the factors, shrink counts, and (inference path only) the
-        cost, gradient and stats at the accepted points.
+        Returns the factors, shrink counts, acceptance and (inference path
+        only) the indices, cost, gradient and stats at the accepted points.
         """
         cfg = self.config
         tol_r = cfg.cert_rtol if cfg.cert_rtol is not None else 16 * torch.finfo(u.dtype).eps
+        n_batch = u.shape[0]
         with torch.no_grad():
-            X, u, g, p = X.detach(), u.detach(), g.detach(), p.detach()
-            decrease = cfg.gamma * (1.0 - 0.5 * cfg.gamma) * _dot(g, p * g)
+            X, u, g = X.detach(), u.detach(), g.detach()
+            step = p.detach() * g
+            decrease = cfg.gamma * (1.0 - 0.5 * cfg.gamma) * batch_dot(g, step)
             rhs0 = u + tol_r * (1.0 + u.abs())
             factor = torch.ones_like(u)
             shrinks = torch.zeros_like(u, dtype=torch.long)
             accepted = torch.zeros_like(u, dtype=torch.bool)
             found = None
-            todo = torch.arange(u.shape[0], device=u.device)
+            todo = torch.arange(n_batch, device=u.device)
             for attempt in range(cfg.max_shrinks + 1):
-                f = _expand(factor[todo], X)
-                trial = X[todo] - cfg.gamma * f * p[todo] * g[todo]
-                if create_graph:
-                    u_t, stats_t = lower_cost_terms(trial, Y[todo], L, self.prior, cfg.lam,
-                                                    cfg.eps)
-                    g_t = None
+                if todo.numel() == n_batch:  # no indexing on the common first attempt
+                    Xs, steps, Ys, fs = X, step, Y, factor
                 else:
-                    u_t, g_t, stats_t = self._cost_and_grad(trial, Y[todo], L, False)
-                ok = u_t <= rhs0[todo] - factor[todo] * decrease[todo]
+                    Xs, steps, Ys, fs = X[todo], step[todo], Y[todo], factor[todo]
+                trial = torch.addcmul(Xs, _expand(fs, Xs), steps, value=-cfg.gamma)
+                if create_graph:
+                    u_t, stats_t = lower_cost_terms(trial, Ys, L, self.prior, cfg.lam, cfg.eps)
+                else:
+                    u_t, g_t, stats_t = self._cost_and_grad(trial, Ys, L, False)
+                ok = u_t <= rhs0[todo] - fs * decrease[todo]
                 idx = todo[ok]
                 accepted[idx] = True
                 if not create_graph:
@@ -326,20 +326,24 @@ class LearnedMM(nn.Module):
             nu_hi = self._upper_bound(X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state)
             p = project_curvature(p_tilde, nu_lo, nu_hi)
             factor, shrinks, accepted, found = self._certify(X, Y, L, u, g, p, create_graph)
-            X = X - cfg.gamma * _expand(factor, X) * p * g
+            X = torch.addcmul(X, _expand(factor, X), p * g, value=-cfg.gamma)
             if create_graph:
                 u, g, stats = self._cost_and_grad(X, Y, L, True)
             elif found is not None:
                 idx, u_f, g_f, stats_f = found
-                u, g = _scatter(u, idx, u_f), _scatter(g, idx, g_f)
-                stats = {k: _scatter(v, idx, stats_f[k]) for k, v in stats.items()}
+                if idx.numel() == u.shape[0] and bool((idx[1:] > idx[:-1]).all()):
+                    u, g, stats = u_f, g_f, stats_f  # all accepted at the first try
+                else:
+                    u, g = _scatter(u, idx, u_f), _scatter(g, idx, g_f)
+                    stats = {k: _scatter(v, idx, stats_f[k]) for k, v in stats.items()}
             with torch.no_grad():
                 pt = p_tilde.detach()
                 hi = _expand(nu_hi, pt)
                 lo = torch.minimum(_expand(nu_lo, pt), hi)
+                size = pt[0].numel()
                 rec.add(cost=u, n_shrinks=shrinks, rejected=~accepted,
-                        frac_hi=(pt >= hi).flatten(1).double().mean(1).to(u.dtype),
-                        frac_lo=(pt <= lo).flatten(1).double().mean(1).to(u.dtype),
+                        frac_hi=(pt >= hi).flatten(1).count_nonzero(1).to(u.dtype) / size,
+                        frac_lo=(pt <= lo).flatten(1).count_nonzero(1).to(u.dtype) / size,
                         nu_hi=nu_hi)
         return X, rec.history(u)
 

@@ -16,6 +16,11 @@ def _flat(a):
     return a.reshape(a.shape[0], -1)
 
 
+def batch_dot(a, b):
+    """Per-sample inner product ``<a, b>`` of flattened arrays, shape (n_batch,)."""
+    return torch.linalg.vecdot(_flat(a), _flat(b))
+
+
 def safe_norm(a, eps=DEFAULT_EPS):
     """Per-sample Frobenius norm ``sqrt(||a||² + eps²)``, smooth at zero.
 
@@ -30,7 +35,7 @@ def safe_norm(a, eps=DEFAULT_EPS):
     -------
     norm : Tensor, shape (n_batch,)
     """
-    return torch.sqrt(_flat(a).square().sum(-1) + eps**2)
+    return torch.sqrt(torch.linalg.vector_norm(_flat(a), dim=-1) ** 2 + eps**2)
 
 
 def cosine_similarity(a, b, eps=DEFAULT_EPS):
@@ -51,8 +56,7 @@ def cosine_similarity(a, b, eps=DEFAULT_EPS):
     -------
     cos : Tensor, shape (n_batch,)
     """
-    dot = (_flat(a) * _flat(b)).sum(-1)
-    return dot / (safe_norm(a, eps) * safe_norm(b, eps))
+    return batch_dot(a, b) / (safe_norm(a, eps) * safe_norm(b, eps))
 
 
 def forward_project(L, X):

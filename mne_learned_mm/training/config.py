@@ -32,6 +32,8 @@ class TrainConfig:
     lr_min: float = 1e-5  #: cosine schedule floor
     grad_clip: float = 1.0
     pretrain_phi_steps: int = 0  #: denoising-AE steps for Φ before the bilevel stage
+    stage: str = "bilevel"  #: "bilevel" (Alg. 2) | "prior" (Φ alone, denoising AE)
+    init_from: str | None = None  #: model dir whose weights start this run
     time_budget_min: float | None = None  #: stop (and save) after this many minutes
     # infrastructure
     device: str = "auto"

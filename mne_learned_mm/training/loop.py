@@ -145,7 +145,10 @@ def _load_checkpoint(out, module, opt, sched):
 # -- validation ----------------------------------------------------------------------
 @torch.no_grad()
 def validate(module, cfg, val, L, K, device):
-    """Mean upper-level loss and benchmark metrics on the validation set."""
+    """Mean upper-level loss and benchmark metrics on the validation set.
+
+    In the ``"prior"`` stage the estimate is ``Φ(X0)``.
+    """
     per_sample, losses = [], []
     geo = val.geometry
     for start in range(0, len(val), 16):
@@ -153,7 +156,10 @@ def validate(module, cfg, val, L, K, device):
         Y, X = _batch([val], idx)
         Y, X = Y.to(device), X.to(device)
         X0 = _X0(cfg, Y, L, K, 0)
-        X_hat, _ = module(Y, L, X0=X0)
+        if cfg.stage == "prior":
+            X_hat = module.prior(X0)
+        else:
+            X_hat, _ = module(Y, L, X0=X0)
         losses.append(float(upper_loss(X, X_hat, module.prior)))
         for j, i in enumerate(idx):
             item = val[i]
@@ -167,6 +173,12 @@ def validate(module, cfg, val, L, K, device):
 
 
 # -- Φ pre-training ------------------------------------------------------------------
+def prior_loss(prior, X, X0):
+    """Denoising-autoencoder loss ``(1 − cos(X, Φ(X0))) + (1 − cos(X, Φ(X)))``."""
+    return (1 - cosine_similarity(X, prior(X0))).mean() + \
+        (1 - cosine_similarity(X, prior(X))).mean()
+
+
 def pretrain_prior(module, cfg, train, L, K, device, n_steps):
     """Fit Φ alone as a denoising autoencoder: ``Φ(K Y) ≈ X`` in cosine."""
     prior = module.prior
@@ -177,8 +189,7 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
         Y, X = _batch(train, idx)
         Y, X = Y.to(device), X.to(device)
         X0 = _X0(cfg, Y, L, K, step)
-        loss = (1 - cosine_similarity(X, prior(X0))).mean() + \
-            (1 - cosine_similarity(X, prior(X))).mean()
+        loss = prior_loss(prior, X, X0)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -216,11 +227,19 @@ def train(cfg, *, resume=False, verbose=None):
     L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1].to(device)
     K = tikhonov_operator(L, cfg.init_reg)
     module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
+    if cfg.init_from:
+        from ..pretrained import load_state
+
+        missing = module.load_state_dict(load_state(cfg.init_from)[0], strict=False)
+        logger.info(f"Initialised from {cfg.init_from} ({missing})")
     mconf = model_config(cfg, fwd, L.shape[1])
     net = module
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(module)
-    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    if cfg.stage not in ("bilevel", "prior"):
+        raise ValueError(f'stage must be "bilevel" or "prior", got {cfg.stage!r}')
+    params = module.prior.parameters() if cfg.stage == "prior" else module.parameters()
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     steps_per_epoch = cfg.n_train // (cfg.batch_size * world)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt, T_max=max(1, cfg.epochs * steps_per_epoch), eta_min=cfg.lr_min)
@@ -249,8 +268,11 @@ def train(cfg, *, resume=False, verbose=None):
             Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size])
             Y, X = Y.to(device), X.to(device)
             X0 = _X0(cfg, Y, L, K, state["step"])
-            X_hat, _ = net(Y, L, X0=X0, create_graph=True)
-            loss = upper_loss(X, X_hat, module.prior)
+            if cfg.stage == "prior":
+                loss = prior_loss(module.prior, X, X0)
+            else:
+                X_hat, _ = net(Y, L, X0=X0, create_graph=True)
+                loss = upper_loss(X, X_hat, module.prior)
             opt.zero_grad()
             loss.backward()
             if cfg.grad_clip:
