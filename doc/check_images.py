@@ -7,8 +7,9 @@ Run after the Sphinx build::
 Every PNG written by sphinx-gallery (``sphx_glr_*.png``, thumbnails included)
 is loaded; an image is blank when its pixels are (nearly) all one colour: a
 pixel standard deviation below ``STD_MIN`` or more than ``UNIFORM_MAX`` of the
-pixels equal to the most common colour. Also fails when an executed example
-produced no figure at all while its source calls a plotting function.
+pixels equal to the most common colour. Also fails when a page shows an image
+that is missing, or when an executed example produced no figure at all while
+its source calls a plotting function.
 """
 
 import re
@@ -20,7 +21,9 @@ from matplotlib import image as mpimg
 
 STD_MIN = 0.01  # on the 0..1 scale of matplotlib's PNG reader
 UNIFORM_MAX = 0.995
-PLOTS = re.compile(r"\.plot\(|plt\.(subplots|figure|imshow|plot)\(|\.imshow\(")
+RUNTIME = re.compile(r"Total running time of the script:\*\* \((\d+) minutes ([\d.]+) seconds\)")
+PLOTS = re.compile(r"\bplot\w*\(|\.plot\w*\(|plt\.(subplots|figure)\(|\.imshow\(")
+IMAGE_REF = re.compile(r"/auto_examples/images/(sphx_glr_\w+?\.png)")
 
 
 def blank_reason(fname):
@@ -60,13 +63,16 @@ def main(argv=None):
     examples = doc.parent / "examples"
     for src in sorted(examples.glob("[0-9][0-9]_*.py")):
         stem = src.stem
-        executed = (gallery / f"{stem}.codeobj.json").is_file() or \
-            (gallery / f"{stem}.py.md5").is_file()
-        ran = executed and "sphx_glr_" + stem in (gallery / f"{stem}.rst").read_text() \
-            if (gallery / f"{stem}.rst").is_file() else False
+        rst = gallery / f"{stem}.rst"
+        run = RUNTIME.search(rst.read_text(encoding="utf-8")) if rst.is_file() else None
+        executed = run is not None and (int(run.group(1)), float(run.group(2))) != (0, 0.0)
         figures = list(images.glob(f"sphx_glr_{stem}_[0-9][0-9][0-9].png"))
-        if ran and PLOTS.search(src.read_text()) and not figures:
+        if executed and PLOTS.search(src.read_text(encoding="utf-8")) and not figures:
             problems.append(f"{stem}: plots in its code but produced no figure")
+        if rst.is_file():
+            for name in sorted(set(IMAGE_REF.findall(rst.read_text(encoding="utf-8")))):
+                if not (images / name).is_file() and not (images / "thumb" / name).is_file():
+                    problems.append(f"{stem}: its page shows {name}, which is missing")
     n_fig = sum(1 for p in pngs if "thumb" not in p.parts)
     if problems:
         print("check_images: blank or missing figures:\n  " + "\n  ".join(problems),

@@ -20,11 +20,11 @@ import os
 import re
 import shutil
 import sys
-import warnings
 from datetime import date
 from pathlib import Path
 
 import matplotlib
+from docutils import nodes
 
 matplotlib.use("Agg")
 
@@ -121,16 +121,6 @@ html_last_updated_fmt = None
 
 
 # -- sphinx-gallery -------------------------------------------------------------------
-def _reset_warnings(gallery_conf, fname):
-    """Run before each example: show our warnings, hide known third-party noise."""
-    warnings.resetwarnings()
-    warnings.filterwarnings("default")
-    # MNE >= 1.13 deprecates its matplotlib 3D backend, which is what renders
-    # ``stc.plot`` without a display or OpenGL (see doc/install.rst).
-    warnings.filterwarnings(
-        "ignore", message=".*matplotlib 3D backend is deprecated.*", category=FutureWarning)
-
-
 def _examples_pattern():
     custom = os.environ.get("MNE_LMM_DOC_EXAMPLES")
     return custom if custom else re.escape(os.sep) + r"\d\d_"
@@ -146,7 +136,7 @@ sphinx_gallery_conf = {
     "doc_module": ("mne_learned_mm",),
     "reference_url": {"mne_learned_mm": None},
     "image_scrapers": ("matplotlib",),
-    "reset_modules": ("matplotlib", _reset_warnings),
+    "reset_modules": ("matplotlib", "gallery_utils.reset_warnings"),
     "remove_config_comments": True,
     "min_reported_time": 1,
     "show_memory": False,
@@ -155,7 +145,7 @@ sphinx_gallery_conf = {
     "only_warn_on_example_error": False,
     "download_all_examples": False,
     "show_signature": False,
-    "capture_repr": ("_repr_html_", "__repr__"),
+    "capture_repr": (),
     "matplotlib_animations": False,
 }
 
@@ -211,13 +201,33 @@ def _offline_reference(app, env, node, contnode):
         return None
     target = node.get("reftarget", "")
     prefix = target.split(":", 1)[0] if ":" in target else ""
-    if target in _EXTERNAL_LABELS or prefix in _INTERSPHINX:
-        return contnode
-    return None
+    if target not in _EXTERNAL_LABELS and prefix not in _INTERSPHINX:
+        return None
+    text = contnode.astext()
+    if prefix and text.startswith(prefix + ":"):  # "python:str" -> "str"
+        text = text[len(prefix) + 1:]
+        return nodes.literal(text, text) if isinstance(contnode, nodes.literal) \
+            else nodes.Text(text)
+    return contnode
+
+
+def _fill_mne_docdict(app, what, name, obj, options, lines):
+    """Fill ``%(verbose)s``-style MNE docdict entries left in class docstrings."""
+    from mne.utils.docs import docdict
+
+    for k, line in enumerate(lines):
+        for key in re.findall(r"%\((\w+)\)s", line):
+            if key in docdict:
+                indent = line[:len(line) - len(line.lstrip())]
+                filled = docdict[key].strip("\n").split("\n")
+                lines[k] = "\n".join(indent + f if f.strip() else "" for f in filled)
+    # split the joined entries back into lines (Sphinx expects one per item)
+    lines[:] = "\n".join(lines).split("\n")
 
 
 def setup(app):
     app.connect("missing-reference", _offline_reference)
+    app.connect("autodoc-process-docstring", _fill_mne_docdict, priority=400)
 
 
 _benchmark_page()

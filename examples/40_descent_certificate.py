@@ -22,6 +22,7 @@ iterations descending.
 import matplotlib.pyplot as plt
 import mne
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from mne_learned_mm import LearnedMMInverse, make_fsaverage_forward
 from mne_learned_mm.simulation import SimulatedDataset
@@ -37,47 +38,64 @@ data = np.stack([ds[i]["Y"] for i in range(len(ds))]).astype(float)
 epochs = mne.EpochsArray(data, ds.info, tmin=ds.tmin)
 
 histories = {}
-for bound in (None, "none"):
+for label, bound in (("shipped bound", None), ("no upper bound (bound='none')", "none")):
     inv = LearnedMMInverse(bound=bound).fit(fwd)
     inv.apply(epochs)
-    label = f"bound={inv.config_['solver'].get('bound', 'analytic')!r} (trained)" \
-        if bound is None else f"bound={bound!r}"
-    histories[label] = inv.history_
-    print(f"{label}: history_ keys {sorted(inv.history_)}")
+    histories[label] = {key: np.asarray(value) for key, value in inv.history_.items()}
+    if bound is None:
+        print(f"shipped bound: {inv.config_['solver'].get('bound', 'analytic')!r}, "
+              f"{histories[label]['cost'].shape[1] - 1} MM iterations")
+
+
+def shrinks_of(hist):
+    """Halvings of p per sample and iteration."""
+    return hist["shrinks"] if "shrinks" in hist else hist["n_shrinks"]
+
 
 # %%
 # The cost never increases
 # ------------------------
 # ``history_["cost"]`` has one row per epoch and one column per iterate (the
 # starting point first). Each curve is one sample, shown relative to its
-# starting cost.
-shrink_key = "shrinks" if "shrinks" in next(iter(histories.values())) else "n_shrinks"
+# starting cost; red dots mark iterates reached by a step that the
+# certificate had to shrink.
 fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True, layout="constrained")
 for ax, (label, hist) in zip(axes, histories.items()):
-    cost = np.asarray(hist["cost"])
-    shrinks = np.asarray(hist[shrink_key])
-    iters = np.arange(cost.shape[1])
-    ax.plot(iters, (cost / cost[:, :1]).T, color="C0", alpha=0.5, lw=1)
-    # mark the iterates reached after a shrunk step
+    cost, shrinks = hist["cost"], shrinks_of(hist)
+    ax.plot(np.arange(cost.shape[1]), (cost / cost[:, :1]).T, color="C0", alpha=0.5, lw=1)
     b, i = np.nonzero(shrinks > 0)
     ax.plot(i + 1, cost[b, i + 1] / cost[b, 0], "o", color="C3", ms=4,
-            label="step shrunk by the certificate")
+            label=f"shrunk step ({len(b)} of {shrinks.size})")
     ax.set(title=label, xlabel="MM iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper right")
-    print(f"{label}: largest cost increase {np.diff(cost, axis=1).max():.2e}, "
-          f"{int((shrinks > 0).sum())} shrunk steps out of {shrinks.size}")
+    print(f"{label}: largest change of u in one step {np.diff(cost, axis=1).max():+.2e}, "
+          f"{len(b)} shrunk steps out of {shrinks.size}, "
+          f"{int(hist['rejected'].sum())} rejected")
 axes[0].set_ylabel("u(x) / u(x₀)")
 
 # %%
-# Where the certificate acted
-# ---------------------------
-# Number of halvings of ``p``, summed over the 16 samples, per iteration.
-fig, ax = plt.subplots(figsize=(7, 3.5), layout="constrained")
+# Where the projection and the certificate acted
+# ----------------------------------------------
+# Left: halvings of ``p`` by the certificate, summed over the 16 samples, per
+# iteration. Right: the share of the entries of ``p`` that the projection
+# (Eq. 11) clipped at the upper bound ``ν_hi`` (``history_["frac_hi"]``,
+# averaged over the samples); without an upper bound nothing is clipped and
+# the certificate is the only safeguard.
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
 width = 0.4
 for k, (label, hist) in enumerate(histories.items()):
-    shrinks = np.asarray(hist[shrink_key])
-    ax.bar(np.arange(1, shrinks.shape[1] + 1) + (k - 0.5) * width, shrinks.sum(axis=0),
-           width=width, label=label)
-ax.set(xlabel="MM iteration", ylabel="halvings of p (all samples)")
-ax.legend()
+    shrinks = shrinks_of(hist)
+    iters = np.arange(1, shrinks.shape[1] + 1)
+    axes[0].bar(iters + (k - 0.5) * width, shrinks.sum(axis=0), width=width, label=label)
+    axes[1].plot(iters, 100 * hist["frac_hi"].mean(axis=0), "o-", label=label)
+axes[0].set(xlabel="MM iteration", ylabel="halvings of p (all samples)")
+if not any(shrinks_of(hist).any() for hist in histories.values()):
+    axes[0].set_ylim(0, 1)
+    axes[0].text(0.5, 0.5, "no step needed shrinking", transform=axes[0].transAxes,
+                 ha="center", va="center")
+for ax in axes:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+axes[1].set(xlabel="MM iteration", ylabel="entries of p at ν_hi (%)")
+axes[1].legend()
 plt.show()

@@ -77,8 +77,10 @@ def _figure(ex, pos, fname):
         for row, (a, b, view) in enumerate([(0, 1, "top (x, y)"), (1, 2, "side (y, z)")]):
             ax = axes[row, col]
             order = np.argsort(amp)
-            ax.scatter(pos[order, a] * 1e3, pos[order, b] * 1e3, c=amp[order], s=8,
-                       cmap="hot_r", vmin=0, vmax=1)
+            ax.scatter(pos[:, a] * 1e3, pos[:, b] * 1e3, c="0.85", s=6)
+            show = order[amp[order] > 0.05]
+            ax.scatter(pos[show, a] * 1e3, pos[show, b] * 1e3, c=amp[show], s=10,
+                       cmap="YlOrRd", vmin=0, vmax=1)
             ax.set_aspect("equal")
             ax.set_title(f"{name}: |X(t*)|, {view}", fontsize=9)
             ax.set_xticks([])

@@ -227,10 +227,11 @@ class SolverPipeline:
 
         Y, L = normalise_problem(Y, L)
         K = None
-        if self.init == "tikhonov":
+        if self.init != "random":
             K = tikhonov_operator(L, self.init_reg)
-        X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg)
         with torch.no_grad():
+            X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg,
+                               prior=self.module.prior)
             return self.module(Y, L, X0=X0)
 
 

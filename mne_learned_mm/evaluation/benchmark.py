@@ -36,7 +36,9 @@ infinities as the strings ``"inf"``/``"-inf"``), and a PNG of box plots.
 import argparse
 import datetime
 import json
+import os
 import platform
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -181,7 +183,7 @@ def _make_methods(methods, options):
 
 @verbose
 def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLASSICAL,
-                  seed=42, n_channels=None, method_options=None, verbose=None):
+                  seed=42, n_channels=None, method_options=None, n_threads=1, verbose=None):
     """Evaluate inverse methods on simulated samples.
 
     Parameters
@@ -204,6 +206,10 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
     method_options : dict | None
         ``{name: {option: value}}`` for
         :func:`~mne_learned_mm.evaluation.methods.make_method`.
+    n_threads : int | None
+        Limit of BLAS threads while solving (needs ``threadpoolctl``; ``None``
+        leaves it alone). One thread is fastest: the problems are small and
+        several threads on shared cores slow MNE's solvers down many-fold.
     %(verbose)s
 
     Returns
@@ -222,12 +228,23 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
         callables = _make_methods(list(methods), method_options or {})
     ds = SimulatedDataset(fwd, kind=data, n_samples=n_samples, seed=seed, snr_db=snr_db,
                           info=_subset_info(fwd, n_channels), verbose=False)
-    pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
     keys = METRICS + (FOUND, "ms")
     per_sample = {name: {key: [] for key in keys} for name in callables}
     samples = []
     logger.info(f"Benchmark: {ds!r}, methods {list(callables)}")
-    for i in mne.utils.ProgressBar(range(n_samples), mesg=f"{data} samples"):
+    with _thread_limit(n_threads):
+        _solve_all(ds, fwd, callables, per_sample, samples)
+    summary = {name: summarize_metrics([dict(zip(keys, v)) for v in zip(*values.values())])
+               for name, values in per_sample.items()}
+    solver_warnings = {name: dict(getattr(m, "warnings_", {})) for name, m in callables.items()}
+    return dict(dataset=ds.describe(), samples=samples, per_sample=per_sample,
+                summary=summary, methods={name: repr(m) for name, m in callables.items()},
+                solver_warnings=solver_warnings)
+
+
+def _solve_all(ds, fwd, callables, per_sample, samples):
+    pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
+    for i in mne.utils.ProgressBar(range(len(ds)), mesg=f"{ds.kind} samples"):
         sample = ds[i]
         X = np.asarray(sample["X"], np.float64)
         sigma2 = noise_variance(sample["Y"], X, ds.L)
@@ -249,12 +266,6 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
             for key, value in values.items():
                 per_sample[name][key].append(value)
             per_sample[name]["ms"].append(elapsed)
-    summary = {name: summarize_metrics([dict(zip(keys, v)) for v in zip(*values.values())])
-               for name, values in per_sample.items()}
-    solver_warnings = {name: dict(getattr(m, "warnings_", {})) for name, m in callables.items()}
-    return dict(dataset=ds.describe(), samples=samples, per_sample=per_sample,
-                summary=summary, methods={name: repr(m) for name, m in callables.items()},
-                solver_warnings=solver_warnings)
 
 
 # -- outputs ---------------------------------------------------------------------------
@@ -419,6 +430,8 @@ def _parser():
 
 
 def _thread_limit(n_threads):
+    if n_threads is None:
+        return nullcontext()
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover
@@ -480,26 +493,28 @@ def main(argv=None):
         raise SystemExit(str(exc)) from None
     fwd = _load_forward(args.fwd)
     runs = []
-    with _thread_limit(args.n_threads):
-        for snr in snrs:
-            result = run_benchmark(fwd, data=args.data, n_samples=args.n, snr_db=snr,
-                                   methods=callables, seed=args.seed,
-                                   n_channels=args.channels)
-            result["snr_db"] = result["dataset"]["snr_db"]
-            runs.append(result)
+    for snr in snrs:
+        result = run_benchmark(fwd, data=args.data, n_samples=args.n, snr_db=snr,
+                               methods=callables, seed=args.seed, n_channels=args.channels,
+                               n_threads=args.n_threads)
+        result["snr_db"] = result["dataset"]["snr_db"]
+        runs.append(result)
     runtime = time.perf_counter() - t_start
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_ch = len(runs[0]["dataset"]["ch_names"])
     tag = args.tag or f"{args.data}_{n_ch}ch_n{args.n}_seed{args.seed}"
     config = dict(
-        argv=argv, args=vars(args), methods=methods, train_data=train_data,
-        method_reprs=runs[0]["methods"],
+        argv=list(sys.argv[1:] if argv is None else argv), args=vars(args),
+        methods=methods, train_data=train_data, method_reprs=runs[0]["methods"],
+        noise_cov="per sample: diagonal, true white-noise variance "
+                  "||Y - L X||^2 / ((n_channels - 1) n_times); none for learned methods",
         forward=dict(fname=args.fwd, n_channels=len(fwd["info"]["ch_names"]),
                      n_sources=int(fwd["nsource"])),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         machine=dict(node=platform.node(), processor=platform.processor() or
-                     platform.machine(), python=platform.python_version()),
+                     platform.machine(), cpu_count=os.cpu_count(),
+                     python=platform.python_version(), n_threads=args.n_threads),
         versions=dict(mne=mne.__version__, numpy=np.__version__),
         runtime_s=runtime)
     summaries = {_snr_label(r["snr_db"]): r["summary"] for r in runs}

@@ -18,7 +18,8 @@ exactly as a user would:
 - ``"gamma_map"``: :func:`mne.inverse_sparse.gamma_map` (``alpha=1``: the
   noise variance in whitened units, i.e. the true level since the noise
   covariance passed is the true one; ``maxit=1000``, ``tol=1e-5`` instead of
-  MNE's 10000 and 1e-6: 40 % faster, same metrics to 0.1 % on SEREEGA).
+  MNE's 10000 and 1e-6: 40 % faster; on 20 SEREEGA samples the same LE, nMSE
+  and PSNR, AUC within 0.02 points and TE within 0.04 ms).
 
 The sparse solvers' convergence warnings ("Did NOT converge", "Convergence
 NOT reached", "No active dipoles found") are counted in the callable's
@@ -107,7 +108,8 @@ class _ForwardCache:
 
 def _cov_ratio(cov, ref):
     """Scalar ``c`` with ``cov = c * ref``, or None if not proportional."""
-    if ref is None or cov.ch_names != ref.ch_names or cov["diag"] != ref["diag"]:
+    if (ref is None or cov.ch_names != ref.ch_names or cov["diag"] != ref["diag"]
+            or list(cov["bads"]) != list(ref["bads"]) or len(cov["projs"]) != len(ref["projs"])):
         return None
     a, b = np.asarray(cov.data, float), np.asarray(ref.data, float)
     if a.shape != b.shape or not np.any(b):
@@ -152,6 +154,7 @@ class MinimumNorm:
         self.depth = depth
         self._fwd_cache = _ForwardCache()
         self._key = None
+        self._fwd = None
         self._cov = None
         self._inv = None
 
@@ -165,14 +168,15 @@ class MinimumNorm:
 
         free, depth = self._fwd_cache(fwd)
         depth = None if depth is None else self.depth
-        key = (id(free), tuple(evoked.ch_names), _proj_key(evoked.info), evoked.nave)
-        ratio = _cov_ratio(noise_cov, self._cov) if key == self._key else None
+        key = (tuple(evoked.ch_names), _proj_key(evoked.info), evoked.nave)
+        same = free is self._fwd and key == self._key
+        ratio = _cov_ratio(noise_cov, self._cov) if same else None
         if ratio is None:
             inv = make_inverse_operator(evoked.info, free, noise_cov, loose=0.0, depth=depth,
                                         verbose=False)
             self._inv = prepare_inverse_operator(inv, evoked.nave, self.lambda2, self.method,
                                                  verbose=False)
-            self._key, self._cov, ratio = key, noise_cov, 1.0
+            self._fwd, self._key, self._cov, ratio = free, key, noise_cov, 1.0
         stc = apply_inverse(evoked, self._inv, self.lambda2, method=self.method,
                             prepared=True, verbose=False)
         if self.method in _NOISE_NORMALIZED and ratio != 1.0:

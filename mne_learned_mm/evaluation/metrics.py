@@ -15,7 +15,11 @@ the estimated sources (sources × times):
 - **PSNR** over the whole matrix, both normalised by their max ``|·|``:
   ``10 log10(R² / mse)`` with ``R = min(Xn) − max(X_hatn)``. This peak value
   is the authors' choice (not the usual ``max − min`` of one image); it is
-  kept so that our numbers are comparable to Table I of the paper.
+  kept so that our numbers are comparable to Table I of the paper. Note its
+  behaviour: for non-negative sources (SEREEGA ERPs) ``min(Xn) = 0`` and
+  ``R² = max(X_hatn)²``, which is 1 when the largest absolute estimate is
+  positive and smaller otherwise, so PSNR also rewards getting the sign of
+  the peak right.
 
 LE, TE, AUC and nMSE are averaged over the seeds of a sample; PSNR is one
 value per sample. All metrics are invariant to a positive rescaling of

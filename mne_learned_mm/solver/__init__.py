@@ -28,7 +28,7 @@ from .objective import (
     prior_penalty,
     upper_loss,
 )
-from .prior import ConvAutoencoder, SoftReLU, conv_operator_norm
+from .prior import ConvAutoencoder, SoftReLU, conv_norm_bound, conv_operator_norm
 from .unrolled import GradientModulator, UnrolledSolver
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "SpatialBasis",
     "UnrolledSolver",
     "analytic_nu_hi",
+    "conv_norm_bound",
     "conv_operator_norm",
     "cosine_curvature",
     "cosine_similarity",

@@ -110,10 +110,9 @@ class _Geometry:
         self.c_data = stats["cos_data"]
         self.beta = stats["phi_norm"]
         self.c_prior = stats["cos_prior"]
-        n_times = X.shape[-1]
         grad_on = bool(self.x_norm.requires_grad)
-        self.rho = prior.lipschitz_bound(n_times, grad_on) if lam else 0.0
-        self.alpha = prior.second_derivative_bound(n_times, grad_on) if lam else 0.0
+        self.rho = prior.lipschitz_bound(grad_on) if lam else 0.0
+        self.alpha = prior.second_derivative_bound(grad_on) if lam else 0.0
 
 
 def _prior_curvature(x_norm, beta, rho, alpha, kappa, sine):
@@ -260,7 +259,7 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
     nu_hi : Tensor, shape (n_batch,)
     """
     geo = _Geometry(X, Y, L, prior, lam, eps)
-    n1, n2, n3 = prior.layer_norms(X.shape[-1])
+    n1, n2, n3 = prior.layer_norms()
     if rho is None:
         rho = geo.rho
     if alpha is None:

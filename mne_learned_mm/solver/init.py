@@ -2,12 +2,14 @@
 
 The paper starts from ``X0 = 1e-3 N(0, 1)``. A regularised minimum-norm
 (Tikhonov) start is much closer to the solution and lets 10 MM steps go
-further; both are available.
+further. ``"prior"`` goes one step further: the learned autoencoder Φ,
+trained as a denoiser of Tikhonov solutions, maps ``K Y`` to a warm start
+``Φ(K Y)``; the MM iterations then decrease ``u`` from there.
 """
 
 import torch
 
-INITS = ("random", "tikhonov")
+INITS = ("random", "tikhonov", "prior")
 
 
 def tikhonov_operator(L, reg=1.0 / 9.0):
@@ -32,7 +34,8 @@ def tikhonov_operator(L, reg=1.0 / 9.0):
     return torch.linalg.solve(gram + lam * eye, L).T
 
 
-def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale=1e-3):
+def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale=1e-3,
+                  prior=None):
     """Initial source estimate ``X0``.
 
     Parameters
@@ -42,8 +45,11 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
     kind : "random" | "tikhonov"
         ``"random"``: ``scale · N(0, 1)`` from ``seed`` (the paper's start).
         ``"tikhonov"``: ``K Y`` normalised to unit norm per sample.
+        ``"prior"``: ``Φ(K Y / ‖K Y‖)`` normalised to unit norm per sample.
     K : Tensor, shape (n_sources, n_sensors) | None
         Precomputed :func:`tikhonov_operator`.
+    prior : callable | None
+        The autoencoder Φ, needed for ``"prior"``.
 
     Returns
     -------
@@ -55,12 +61,20 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         X0 = torch.randn(B, S, T, generator=gen, dtype=Y.dtype)
         return (scale * X0).to(Y.device)
-    if kind != "tikhonov":
+    if kind not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {kind!r}")
     K = tikhonov_operator(L, reg) if K is None else K
-    X0 = torch.einsum("sn,bnt->bst", K, Y)
-    norm = X0.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)
-    return X0 / norm[:, None, None]
+    X0 = _unit(torch.einsum("sn,bnt->bst", K, Y))
+    if kind == "prior":
+        if prior is None:
+            raise ValueError('init="prior" needs the autoencoder Φ (prior=...)')
+        X0 = _unit(prior(X0))
+    return X0
+
+
+def _unit(X):
+    norm = X.flatten(1).norm(dim=1).clamp_min(torch.finfo(X.dtype).tiny)
+    return X / norm[:, None, None]
 
 
 def normalise_problem(Y, L):

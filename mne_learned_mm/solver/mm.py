@@ -60,6 +60,10 @@ class MMConfig:
     net_rank : int | None
         Size r of the spatial basis in front of the ConvLSTM cells (None:
         the cells see all s source channels).
+    grad_iters : int | None
+        Truncated backpropagation for training: with ``create_graph=True``
+        only the last ``grad_iters`` iterations are differentiated; the
+        earlier ones run without graph (None: all iterations).
     """
 
     n_iter: int = 10
@@ -80,6 +84,7 @@ class MMConfig:
     net_hidden: int = 32
     net_kernel: int = 3
     net_rank: int = 64
+    grad_iters: int = None
 
     def __post_init__(self):
         if not 0 < self.gamma < 2:
@@ -319,33 +324,63 @@ class LearnedMM(nn.Module):
         state = None
         rec = _Recorder()
         rec.add(cost=u)
-        for _ in range(cfg.n_iter):
-            p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, cfg.eps, stats)
-            p_tilde, state = self.curvature(X, g, p_ref, state)
-            nu_lo = cfg.nu_lo * p_ref
-            nu_hi = self._upper_bound(X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state)
-            p = project_curvature(p_tilde, nu_lo, nu_hi)
-            factor, shrinks, accepted, found = self._certify(X, Y, L, u, g, p, create_graph)
-            X = torch.addcmul(X, _expand(factor, X), p * g, value=-cfg.gamma)
-            if create_graph:
+        n_free = cfg.n_iter - (cfg.n_iter if cfg.grad_iters is None else cfg.grad_iters)
+        graph = create_graph
+        for it in range(cfg.n_iter):
+            create_graph = graph and it >= n_free
+            if graph and it == max(n_free, 0) and n_free > 0:
+                # start of the differentiated part: recompute u, g with graph
+                X = X.detach()
+                state = _detach_state(state)
                 u, g, stats = self._cost_and_grad(X, Y, L, True)
-            elif found is not None:
-                idx, u_f, g_f, stats_f = found
-                if idx.numel() == u.shape[0] and bool((idx[1:] > idx[:-1]).all()):
-                    u, g, stats = u_f, g_f, stats_f  # all accepted at the first try
-                else:
-                    u, g = _scatter(u, idx, u_f), _scatter(g, idx, g_f)
-                    stats = {k: _scatter(v, idx, stats_f[k]) for k, v in stats.items()}
-            with torch.no_grad():
-                pt = p_tilde.detach()
-                hi = _expand(nu_hi, pt)
-                lo = torch.minimum(_expand(nu_lo, pt), hi)
-                size = pt[0].numel()
-                rec.add(cost=u, n_shrinks=shrinks, rejected=~accepted,
-                        frac_hi=(pt >= hi).flatten(1).count_nonzero(1).to(u.dtype) / size,
-                        frac_lo=(pt <= lo).flatten(1).count_nonzero(1).to(u.dtype) / size,
-                        nu_hi=nu_hi)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and (create_graph or not graph)):
+                X, u, g, stats, state = self._iterate(X, Y, L, u, g, stats, state, L_norm_sq,
+                                                      hvp_state, rec, create_graph)
         return X, rec.history(u)
+
+    def _iterate(self, X, Y, L, u, g, stats, state, L_norm_sq, hvp_state, rec, create_graph):
+        """One MM iteration with its certificate; returns the updated solver state."""
+        cfg = self.config
+        p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, cfg.eps, stats)
+        p_tilde, state = self.curvature(X, g, p_ref, state)
+        nu_lo = cfg.nu_lo * p_ref
+        nu_hi = self._upper_bound(X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state)
+        p = project_curvature(p_tilde, nu_lo, nu_hi)
+        factor, shrinks, accepted, found = self._certify(X, Y, L, u, g, p, create_graph)
+        X = torch.addcmul(X, _expand(factor, X), p * g, value=-cfg.gamma)
+        if create_graph:
+            u, g, stats = self._cost_and_grad(X, Y, L, True)
+        elif found is not None:
+            idx, u_f, g_f, stats_f = found
+            if idx.numel() == u.shape[0] and bool((idx[1:] > idx[:-1]).all()):
+                u, g, stats = u_f, g_f, stats_f  # all accepted at the first try
+            else:
+                u, g = _scatter(u, idx, u_f), _scatter(g, idx, g_f)
+                stats = {k: _scatter(v, idx, stats_f[k]) for k, v in stats.items()}
+        with torch.no_grad():
+            pt = p_tilde.detach()
+            hi = _expand(nu_hi, pt)
+            lo = torch.minimum(_expand(nu_lo, pt), hi)
+            size = pt[0].numel()
+            rec.add(cost=u, n_shrinks=shrinks, rejected=~accepted,
+                    frac_hi=(pt >= hi).flatten(1).count_nonzero(1).to(u.dtype) / size,
+                    frac_lo=(pt <= lo).flatten(1).count_nonzero(1).to(u.dtype) / size,
+                    nu_hi=nu_hi)
+        return X, u, g, stats, state
+
+
+def _detach_state(state):
+    """Detach the recurrent state (tensors, tuples of tensors, dataclasses)."""
+    if state is None:
+        return None
+    if torch.is_tensor(state):
+        return state.detach()
+    if isinstance(state, tuple):
+        return tuple(_detach_state(s) for s in state)
+    if hasattr(state, "__dataclass_fields__"):
+        return type(state)(**{k: _detach_state(getattr(state, k))
+                              for k in state.__dataclass_fields__})
+    return state
 
 
 def _merge(found, idx, u, g, stats):

@@ -1,5 +1,7 @@
 """Autoencoder prior Φ of the lower-level cost (paper App. B)."""
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -35,33 +37,33 @@ def _check_kernel_size(kernel_size):
 
 
 def conv_operator_norm(weight, n_times, n_iter=100, tol=1e-7, v0=None):
-    """Operator 2-norm of a stride-1 'same' Conv1d as a linear map on sequences.
+    """Operator 2-norm of a stride-1 'same' Conv1d on length-``T`` sequences.
 
-    The layer maps ``R^{c_in × T} → R^{c_out × T}`` with zero padding
-    ``k // 2``; its norm is found by power iteration on ``WᵀW`` using
-    ``conv1d`` and its adjoint ``conv_transpose1d`` on a length-``T`` input.
-    The bias does not enter. Power iteration approaches the norm from below;
-    it stops when the relative change falls below ``tol``.
+    Power iteration on ``WᵀW`` with ``conv1d`` and its adjoint
+    ``conv_transpose1d`` (zero padding ``k // 2``, ``k`` odd). It approaches
+    the norm from below and can converge slowly when the top singular values
+    are close; :func:`conv_norm_bound` gives a certified upper bound for all
+    lengths and is what the analytic bounds use. The bias does not enter.
 
     Parameters
     ----------
     weight : Tensor, shape (c_out, c_in, k)
-        Convolution kernel, ``k`` odd.
+        Convolution kernel.
     n_times : int
         Sequence length ``T``.
     n_iter : int
         Maximum number of iterations.
     tol : float
-        Relative tolerance on the norm between iterations.
+        Stop when the relative change of the estimate is below ``tol``.
     v0 : Tensor, shape (1, c_in, n_times) | None
         Starting vector (warm start); random if None.
 
     Returns
     -------
     norm : float
-        Estimate of ``||W||₂`` on length-``T`` sequences.
+        Estimate (from below) of ``||W||₂`` on length-``T`` sequences.
     v : Tensor, shape (1, c_in, n_times)
-        Top right singular vector estimate (for warm starts).
+        Top right singular vector estimate.
     """
     weight = weight.detach()
     pad = weight.shape[-1] // 2
@@ -80,11 +82,77 @@ def conv_operator_norm(weight, n_times, n_iter=100, tol=1e-7, v0=None):
             if v_norm == 0:
                 return 0.0, v0
             v = v / v_norm
-            if abs(new - norm) <= tol * new:
-                norm = new
-                break
+            converged = abs(new - norm) <= tol * new
             norm = new
+            if converged:
+                break
     return norm, v
+
+
+def _symbol_gram(taps, omega):
+    """``Â(ω) Â(ω)^H`` for ``Â(ω) = Σ_a A_a e^{-iaω}``; taps (k, d, e), omega (G,)."""
+    k = taps.shape[0]
+    lags = torch.arange(-(k - 1), k, device=taps.device)
+    gram = 0
+    for m in lags.tolist():
+        a = torch.arange(max(0, m), min(k, k + m), device=taps.device)
+        c_m = torch.einsum("aij,akj->ik", taps[a], taps[a - m])
+        phase = torch.exp(-1j * m * omega.to(torch.complex128 if c_m.dtype == torch.float64
+                                                else torch.complex64))
+        gram = gram + phase[:, None, None] * c_m
+    return gram
+
+
+def conv_norm_bound(weight, n_grid=1024, differentiable=False, omega_index=None):
+    """Certified upper bound on the norm of a 'same' Conv1d, valid for every length.
+
+    A stride-1 convolution with zero padding on length-``T`` sequences is a
+    compression of the bi-infinite convolution, whose norm is
+    ``sup_ω ||Ŵ(ω)||`` with ``Ŵ(ω) = Σ_a W_a e^{-iaω}`` (``W_a`` the
+    ``c_out × c_in`` taps). ``ω ↦ ||Ŵ(ω)||`` is even (real taps) and
+    ``D``-Lipschitz with ``D = Σ_a |a − c| ||W_a||₂`` (``c`` the centre tap),
+    so on a uniform grid of ``[0, π]`` with step ``h``:
+    ``||W||_T ≤ sup_ω ||Ŵ(ω)|| ≤ max_grid ||Ŵ(ω_j)|| + D h / 2``.
+    ``||Ŵ(ω)||²`` is the top eigenvalue of a Gram matrix of size
+    ``min(c_out, c_in)``, so this is cheap even with 1284 channels.
+
+    Parameters
+    ----------
+    weight : Tensor, shape (c_out, c_in, k)
+        Convolution kernel, ``k`` odd.
+    n_grid : int
+        Number of frequencies on ``[0, π]``.
+    differentiable : bool
+        Return a tensor differentiable with respect to ``weight`` (the grid
+        maximiser is held fixed); otherwise a float computed in float64.
+    omega_index : int | None
+        Grid maximiser, if known (skips the grid search).
+
+    Returns
+    -------
+    bound : float | Tensor, shape ()
+    omega_index : int
+        Grid maximiser.
+    """
+    c_out, c_in, k = weight.shape
+    w = weight if differentiable else weight.detach().double()
+    taps = w.permute(2, 0, 1)  # (k, c_out, c_in)
+    if c_out > c_in:
+        taps = taps.transpose(1, 2)  # same norms, smaller Gram
+    centre = k // 2
+    lipschitz = sum(
+        abs(a - centre) * torch.linalg.matrix_norm(taps[a], 2) for a in range(k) if a != centre
+    )
+    step = math.pi / (n_grid - 1)
+    omega = torch.linspace(0, math.pi, n_grid, dtype=torch.float64, device=w.device)
+    if omega_index is None:
+        with torch.no_grad():
+            top = torch.linalg.eigvalsh(_symbol_gram(taps.detach().double(), omega))[:, -1]
+            omega_index = int(top.argmax())
+    j = omega_index
+    top_j = torch.linalg.eigvalsh(_symbol_gram(taps, omega[j:j + 1]))[0, -1]
+    bound = torch.sqrt(top_j.clamp_min(0)) + lipschitz * step / 2
+    return (bound if differentiable else bound.item()), j
 
 
 class ConvAutoencoder(nn.Module):
@@ -141,20 +209,16 @@ class ConvAutoencoder(nn.Module):
         z = self.act(self.conv2(z))
         return self.conv3(z)
 
-    def layer_norms(self, n_times, differentiable=False):
-        """Operator norms of the three convolutions on length-``n_times`` input.
+    def layer_norms(self, differentiable=False):
+        """Certified bounds on the operator norms of the three convolutions.
 
-        Cached per weight version and length; after a weight update the power
-        iteration is warm-started from the previous singular vectors.
+        :func:`conv_norm_bound` for each layer: valid for every sequence
+        length; cached per weight version.
 
         Parameters
         ----------
-        n_times : int
-            Sequence length.
         differentiable : bool
-            Return tensors ``||W_i v_i||`` with the (detached) top singular
-            vectors ``v_i``, whose gradient with respect to the weights is
-            the derivative of the top singular value.
+            Return tensors differentiable with respect to the weights.
 
         Returns
         -------
@@ -164,25 +228,23 @@ class ConvAutoencoder(nn.Module):
         norms = []
         for i, conv in enumerate(self.convs):
             w = conv.weight
-            key = (w.data_ptr(), w._version, w.dtype, w.device, int(n_times))
+            key = (w.data_ptr(), w._version, w.dtype, w.device)
             entry = self._norm_cache.get(i)
             if entry is None or entry[0] != key:
-                v0 = entry[2] if entry is not None else None
-                norm, v = conv_operator_norm(w, int(n_times), v0=v0)
-                entry = self._norm_cache[i] = (key, norm, v)
+                entry = self._norm_cache[i] = (key, *conv_norm_bound(w))
             if differentiable:
-                norms.append(F.conv1d(entry[2], w, padding=w.shape[-1] // 2).norm())
+                norms.append(conv_norm_bound(w, differentiable=True, omega_index=entry[2])[0])
             else:
                 norms.append(entry[1])
         return tuple(norms)
 
-    def lipschitz_bound(self, n_times, differentiable=False):
+    def lipschitz_bound(self, differentiable=False):
         """Bound ρ ≥ ||J_Φ(x)|| for all x: product of the layer norms.
+
+        ``J_Φ = W3 diag(σ'(z2)) W2 diag(σ'(z1)) W1`` with ``0 < σ' < 1``.
 
         Parameters
         ----------
-        n_times : int
-            Sequence length.
         differentiable : bool
             See :meth:`layer_norms`.
 
@@ -190,10 +252,10 @@ class ConvAutoencoder(nn.Module):
         -------
         rho : float | Tensor, shape ()
         """
-        n1, n2, n3 = self.layer_norms(n_times, differentiable)
+        n1, n2, n3 = self.layer_norms(differentiable)
         return n1 * n2 * n3
 
-    def second_derivative_bound(self, n_times, differentiable=False):
+    def second_derivative_bound(self, differentiable=False):
         """Bound α̃ ≥ ||D²Φ(x)[h, h]|| for all x and unit h.
 
         With ``ż = W1 h``, ``ä1 = σ''(z1) ⊙ ż²`` and
@@ -203,8 +265,6 @@ class ConvAutoencoder(nn.Module):
 
         Parameters
         ----------
-        n_times : int
-            Sequence length.
         differentiable : bool
             See :meth:`layer_norms`.
 
@@ -212,5 +272,5 @@ class ConvAutoencoder(nn.Module):
         -------
         alpha : float | Tensor, shape ()
         """
-        n1, n2, n3 = self.layer_norms(n_times, differentiable)
+        n1, n2, n3 = self.layer_norms(differentiable)
         return n3 * n1**2 * n2 * (n2 + 1.0) / (2.0 * self.eps)

@@ -23,7 +23,7 @@ class TrainConfig:
     # solver / model
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
     solver: dict = field(default_factory=dict)  #: kwargs of the solver config
-    init: str = "tikhonov"  #: "random" (paper) | "tikhonov"
+    init: str = "tikhonov"  #: "random" (paper) | "tikhonov" | "prior" (Φ(K Y) warm start)
     init_reg: float = 1.0 / 9.0
     # optimisation
     epochs: int = 10

@@ -111,10 +111,11 @@ def _sfreq_of(kind):
     return conf.sfreq
 
 
-def _X0(cfg, Y, L, K, step):
+def _X0(cfg, Y, L, K, step, prior=None):
     if cfg.init == "random":
         return initial_point(Y, L, "random", seed=step)
-    return initial_point(Y, L, "tikhonov", K=K, reg=cfg.init_reg)
+    kind = "tikhonov" if cfg.stage == "prior" else cfg.init
+    return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, prior=prior)
 
 
 # -- checkpoints --------------------------------------------------------------------
@@ -155,7 +156,7 @@ def validate(module, cfg, val, L, K, device):
         idx = range(start, min(start + 16, len(val)))
         Y, X = _batch([val], idx)
         Y, X = Y.to(device), X.to(device)
-        X0 = _X0(cfg, Y, L, K, 0)
+        X0 = _X0(cfg, Y, L, K, 0, module.prior)
         if cfg.stage == "prior":
             X_hat = module.prior(X0)
         else:
@@ -188,7 +189,7 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
         idx = rng.integers(0, cfg.n_train, cfg.batch_size)
         Y, X = _batch(train, idx)
         Y, X = Y.to(device), X.to(device)
-        X0 = _X0(cfg, Y, L, K, step)
+        X0 = initial_point(Y, L, "tikhonov", K=K)
         loss = prior_loss(prior, X, X0)
         opt.zero_grad()
         loss.backward()
@@ -267,7 +268,7 @@ def train(cfg, *, resume=False, verbose=None):
         for k in steps:
             Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size])
             Y, X = Y.to(device), X.to(device)
-            X0 = _X0(cfg, Y, L, K, state["step"])
+            X0 = _X0(cfg, Y, L, K, state["step"], module.prior)
             if cfg.stage == "prior":
                 loss = prior_loss(module.prior, X, X0)
             else:
