@@ -20,8 +20,8 @@ from .majorant import (
 )
 from .mm import BOUNDS, LearnedMM, MMConfig, SolverHistory, initial_point
 from .objective import (
-    cost_and_grad,
     cosine_similarity,
+    cost_and_grad,
     data_fidelity,
     lower_cost,
     lower_cost_terms,

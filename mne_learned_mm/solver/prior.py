@@ -155,6 +155,16 @@ def conv_norm_bound(weight, n_grid=1024, differentiable=False, omega_index=None)
     return (bound if differentiable else bound.item()), j
 
 
+def _weight_key(weight):
+    """Cache key of a weight: identity, version and a checksum (``.data`` edits
+    do not bump the version counter)."""
+    with torch.no_grad():
+        w = weight.detach()
+        checksum = torch.stack([w.sum(), w.square().sum(), (w * w.flatten().cumsum(0)
+                                                            .view_as(w)).sum()])
+    return (w.data_ptr(), weight._version, w.dtype, w.device, tuple(checksum.tolist()))
+
+
 class ConvAutoencoder(nn.Module):
     """Autoencoder Φ = Conv1d → SoftReLU → Conv1d → SoftReLU → Conv1d.
 
@@ -213,7 +223,7 @@ class ConvAutoencoder(nn.Module):
         """Certified bounds on the operator norms of the three convolutions.
 
         :func:`conv_norm_bound` for each layer: valid for every sequence
-        length; cached per weight version.
+        length; cached per weight tensor, version and checksum.
 
         Parameters
         ----------
@@ -228,7 +238,7 @@ class ConvAutoencoder(nn.Module):
         norms = []
         for i, conv in enumerate(self.convs):
             w = conv.weight
-            key = (w.data_ptr(), w._version, w.dtype, w.device)
+            key = _weight_key(w)
             entry = self._norm_cache.get(i)
             if entry is None or entry[0] != key:
                 entry = self._norm_cache[i] = (key, *conv_norm_bound(w))
