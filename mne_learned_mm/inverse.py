@@ -12,7 +12,7 @@ import json
 import mne
 import numpy as np
 import torch
-from mne.utils import logger, verbose
+from mne.utils import fill_doc, logger, verbose
 
 from .pretrained import DEFAULT_MODEL, load_model
 
@@ -25,6 +25,7 @@ def _pick_device(device):
     return torch.device(device)
 
 
+@fill_doc
 class LearnedMMInverse:
     """Learned Majorization-Minimization EEG inverse solver.
 
@@ -56,8 +57,9 @@ class LearnedMMInverse:
         The forward restricted to the model's sources, fixed orientation.
     history_ : dict
         Of the last solve: ``cost`` (n_batch, n_iter + 1) lower-level cost per
-        iteration, ``shrinks`` certificate shrinks per iteration, and the
-        active-bound statistics reported by the solver.
+        iteration, ``n_shrinks`` and ``rejected`` (n_batch, n_iter) from the
+        descent certificate, ``frac_hi``/``frac_lo`` (fraction of p clipped at
+        the bounds) and ``nu_hi`` (the upper bound used).
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",

@@ -216,7 +216,9 @@ def test_flat_data(inv, sim, kind):
 
 def test_wrong_subject(fwd_default):
     fwd = fwd_default.copy()
-    fwd["src"]._subject = "sample"
+    fwd["src"] = fwd["src"].copy()
+    for s in fwd["src"]:
+        s["subject_his_id"] = "sample"
     with pytest.raises(ValueError, match="trained on 'fsaverage'"):
         LearnedMMInverse(device="cpu").fit(fwd)
 
@@ -227,12 +229,12 @@ def test_wrong_source_space(fwd_small):
 
 
 def test_volume_source_space():
-    info = mne.create_info(["Cz", "Pz", "Fz"], 512.0, "eeg")
+    info = mne.create_info(["Cz", "Pz", "Fz", "Oz", "C3", "C4"], 512.0, "eeg")
     info.set_montage(mne.channels.make_standard_montage("colin27_1020"))
-    src = mne.setup_volume_source_space(pos=30.0, sphere=(0, 0, 0.04, 0.09), verbose=False)
-    sphere = mne.make_sphere_model("auto", "auto", info, verbose=False)
+    src = mne.setup_volume_source_space(pos=30.0, sphere=(0, 0, 0.04, 0.07), verbose=False)
+    sphere = mne.make_sphere_model((0, 0, 0.04), 0.09, verbose=False)
     fwd = mne.make_forward_solution(info, None, src, sphere, meg=False, verbose=False)
-    with pytest.raises(ValueError, match="volume source space"):
+    with pytest.raises(ValueError, match="needs a cortical surface source space"):
         LearnedMMInverse(device="cpu").fit(fwd)
 
 

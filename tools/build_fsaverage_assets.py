@@ -130,6 +130,8 @@ def build_cortex(out_dir):
         for fs_name, pattern in names.items():
             rr, tris = _read_gifti(src / pattern.format(long))
             nib.freesurfer.write_geometry(str(out_dir / f"{hemi}.{fs_name}"), rr, tris)
+            if fs_name == "sphere":  # fsaverage is its own registration target
+                nib.freesurfer.write_geometry(str(out_dir / f"{hemi}.sphere.reg"), rr, tris)
         for morph in ("curv", "sulc"):
             data = _read_gifti(src / f"{morph}_{long}.gii.gz")
             nib.freesurfer.write_morph_data(str(out_dir / f"{hemi}.{morph}"), data)

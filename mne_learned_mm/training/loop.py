@@ -19,7 +19,6 @@ from ..pretrained import build_solver, save_model
 from ..simulation import SimulatedDataset
 from ..solver.init import initial_point, normalise_problem, tikhonov_operator
 from ..solver.objective import cosine_similarity, upper_loss
-from .config import TrainConfig
 
 CKPT = "checkpoint.pt"
 
