@@ -3,7 +3,8 @@ r"""Upper bounds ν_hi on the inverse curvature of the lower-level cost.
 Notation (per sample): ``x = vec(X) ∈ R^N`` with ``N = s·t``; the lead field
 acts as ``A = L ⊗ I_t`` with ``||A|| = ||L||``; ``z = L X``;
 ``c_d = cos(Y, LX)``, ``φ = Φ(X)``, ``β = ||φ||``, ``c_p = cos(x, φ)``;
-``ρ ≥ sup ||J_Φ||`` (product of the layer operator norms) and
+``ρ ≥ sup ||J_Φ||`` (product of certified bounds on the layers' operator
+norms, :func:`~mne_learned_mm.solver.prior.conv_norm_bound`) and
 ``α̃ ≥ sup_{||h||=1} ||D²Φ(x)[h, h]||`` (see
 :meth:`~mne_learned_mm.solver.prior.ConvAutoencoder.second_derivative_bound`).
 
@@ -44,11 +45,16 @@ Why not Prop. 1 as printed (:func:`paper_nu_hi`)
 ------------------------------------------------
 Prop. 1 bounds the Hessian at ``x`` only, while a majorant must hold at
 ``x + d`` (the curvature of a cosine grows like ``1/||x||²`` towards the
-origin and the step can move towards it); its ``√s`` should be ``√(s t)``
-for matrices (``||φ||₁ ≤ √N ||φ||``); its α uses per-output Hessian norms
-with an ℓ1 norm of W2 where a vector norm of ``D²Φ[h, h]`` suffices. Its
-numerical constants (5, 4, the extra ``1/(β||x||)``) are loose enough that
-at the point ``x`` it stayed above the exact Hessian norm in our tests.
+origin and the step can move towards it). Its ``√s`` should be ``√(s t)``
+for matrices (``||φ||₁ ≤ √N ||φ||``), and its α (per-output Hessian norms)
+is the wrong quantity: with ρ = ||J_Φ(x)|| and α = max_i ||∇²Φ_i(x)|| as
+stated it fails. Counterexample (``tests/test_solver_bounds.py``): s = 4,
+t = 7, n = 6, Φ with 7-tap kernels, 2 hidden channels, ε = 1e-4, one hidden
+unit at the SoftReLU kink on a 7-sample window, λ = 1: ||∇²u(x)|| = 4959
+while Prop. 1 gives μ1 + λμ2 = 3785 (ρ(x) = 2.74, α(x) = 2500). With App.
+B's α bound (and ``||W2||₁``) the formula is far looser and held in all our
+draws (≈ 20× the true norm at realistic sizes, vs 1.1-1.6× for
+:func:`hessian_bound`).
 
 Alg. 1 (:func:`hessian_power_iteration`) estimates ``||∇²u(x)||`` from
 Hessian-vector products (double backward); it is a local, from-below

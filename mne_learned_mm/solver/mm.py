@@ -1,7 +1,7 @@
 """Learned MM solver: ``x ← x − γ p ⊙ ∇u(x)`` with a descent certificate."""
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -128,13 +128,10 @@ class SolverHistory:
     frac_hi: torch.Tensor
     frac_lo: torch.Tensor
     nu_hi: torch.Tensor
-    extra: dict = field(default_factory=dict)
 
     def as_numpy(self):
-        """Dict of NumPy arrays (``extra`` entries included)."""
-        out = {k: v for k, v in asdict(self).items() if k != "extra"}
-        out.update(self.extra)
-        return {k: v.detach().cpu().numpy() for k, v in out.items()}
+        """Dict of NumPy arrays, one per attribute."""
+        return {k: v.detach().cpu().numpy() for k, v in asdict(self).items()}
 
 
 class _Recorder:
