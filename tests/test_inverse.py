@@ -132,7 +132,10 @@ def test_leadfield_column_localization(inv, fwd_default):
     assert frac >= FROZEN_RING1_FRACTION, frac
 
 
-FROZEN_RING1_FRACTION = 0.0  # set from the first measurement of the shipped model
+# Measured once with the shipped model (2026-11-25): 12 of 40 leadfield columns (0.30) peak
+# within one ring, median distance 18 mm; the model is trained on extended patches, so
+# single dipoles are off its training distribution (sLORETA is exact here). Frozen band:
+FROZEN_RING1_FRACTION = 0.25
 
 
 def test_resampling_keeps_time_axis(inv, fwd_default):

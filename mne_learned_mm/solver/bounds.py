@@ -308,7 +308,8 @@ def hessian_power_iteration(
     n_iter : int
         Number K ≥ 1 of Hessian-vector products.
     v0 : Tensor, shape (n_batch, n_sources, n_times) | None
-        Starting vectors (e.g. the previous MM iteration's); Gaussian if None.
+        Starting vectors (e.g. the previous MM iteration's); if None, one
+        Gaussian vector shared by all samples (batch-independent results).
     generator : torch.Generator | None
         Random generator for the Gaussian start.
 
@@ -327,7 +328,10 @@ def hessian_power_iteration(
     with torch.enable_grad():
         _, grad = cost_and_grad(x, Y, L, prior, lam, eps, create_graph=True)
     if v0 is None:
-        v0 = torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+        # one start vector shared by all samples: a sample's result does not depend on
+        # the other samples of its batch (Epochs solved together = one by one)
+        v0 = torch.randn(x.shape[1:], generator=generator, dtype=x.dtype, device="cpu")
+        v0 = v0.to(x.device).expand(x.shape)
     v = _unit(v0.detach().to(x))
     for _ in range(n_iter):
         (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)

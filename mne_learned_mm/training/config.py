@@ -14,7 +14,7 @@ class TrainConfig:
     """
 
     # data
-    data: str = "sereega"  #: "sereega" | "nmm" | "evoked" | "mix"
+    data: str = "sereega"  #: "sereega" | "nmm" | "evoked" | "mix" | "sereega+evoked"
     fwd: str | None = None  #: -fwd.fif path; None = default fsaverage ico3 forward
     n_train: int = 8000
     n_val: int = 64

@@ -1,6 +1,7 @@
 """Bilevel training (Alg. 2 of the paper) with checkpoints, resume and DDP."""
 
 import csv
+import hashlib
 import dataclasses
 import json
 import os
@@ -59,19 +60,36 @@ def _load_forward(cfg):
                                         use_cps=True, verbose=False)
 
 
+#: Training mixtures: name -> simulation kinds; batches alternate between kinds.
+MIXTURES = {"mix": ("sereega", "nmm"), "sereega+evoked": ("sereega", "evoked")}
+
+
+def _simulation_config(kind, sfreq):
+    """Default simulation config of ``kind``; evoked windows at the model's rate."""
+    from ..simulation import EvokedConfig
+
+    if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
+        return EvokedConfig(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
+    return None
+
+
 def _datasets(cfg, fwd):
-    kinds = ["sereega", "nmm"] if cfg.data == "mix" else [cfg.data]
-    common = dict(snr_db=cfg.snr_db)
+    kinds = list(MIXTURES.get(cfg.data, [cfg.data]))
+    from ..simulation import SereegaConfig
+
+    sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
-                              **common) for k in kinds]
+                              snr_db=cfg.snr_db, config=_simulation_config(k, sfreq))
+             for k in kinds]
     val = SimulatedDataset(fwd, kind=kinds[0], n_samples=cfg.n_val, seed=cfg.seed + 10_000,
                            start=0, snr_db=5.0)
     return train, val
 
 
-def _batch(datasets, indices):
-    """Stack samples (mixing kinds round-robin); Y and X as float32 tensors."""
-    items = [datasets[j % len(datasets)][int(i)] for j, i in enumerate(indices)]
+def _batch(datasets, indices, which=0):
+    """Stack samples of ``datasets[which % len(datasets)]``; Y, X as float32 tensors."""
+    dataset = datasets[which % len(datasets)]
+    items = [dataset[int(i)] for i in indices]
     T = min(it["Y"].shape[-1] for it in items)
     Y = torch.as_tensor(np.stack([it["Y"][:, :T] for it in items]))
     X = torch.as_tensor(np.stack([it["X"][:, :T] for it in items]))
@@ -100,7 +118,9 @@ def model_config(cfg, fwd, n_sources):
 def _data_sfreq(cfg):
     from ..simulation import SereegaConfig
 
-    return SereegaConfig().sfreq if cfg.data in ("sereega", "mix") else _sfreq_of(cfg.data)
+    if cfg.data in ("sereega", *MIXTURES):
+        return SereegaConfig().sfreq
+    return _sfreq_of(cfg.data)
 
 
 def _sfreq_of(kind):
@@ -186,7 +206,7 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
     rng = np.random.default_rng(cfg.seed + 1)
     for step in range(n_steps):
         idx = rng.integers(0, cfg.n_train, cfg.batch_size)
-        Y, X = _batch(train, idx)
+        Y, X = _batch(train, idx, step)
         Y, X = Y.to(device), X.to(device)
         X0 = initial_point(Y, L, "tikhonov", K=K)
         loss = prior_loss(prior, X, X0)
@@ -265,7 +285,8 @@ def train(cfg, *, resume=False, verbose=None):
         module.train()
         losses = []
         for k in steps:
-            Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size])
+            Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size],
+                          state["step"])
             Y, X = Y.to(device), X.to(device)
             X0 = _X0(cfg, Y, L, K, state["step"], module.prior)
             if cfg.stage == "prior":
@@ -304,8 +325,12 @@ def train(cfg, *, resume=False, verbose=None):
             _save_checkpoint(out, module, opt, sched, state)
             save_model(out, module.state_dict(), mconf)
             last_ckpt = time.time()
-    if world > 1:
+    if world > 1:  # replicas must agree: each rank records a digest of its weights
+        digest = hashlib.sha1(b"".join(v.detach().cpu().numpy().tobytes()
+                                       for v in module.state_dict().values())).hexdigest()
+        (out / f"rank{rank}-weights.sha1").write_text(digest)
         dist.barrier()
+        dist.destroy_process_group()
     return out
 
 
