@@ -1,8 +1,8 @@
 """Bilevel training (Alg. 2 of the paper) with checkpoints, resume and DDP."""
 
 import csv
-import hashlib
 import dataclasses
+import hashlib
 import json
 import os
 import random
