@@ -132,8 +132,8 @@ def test_leadfield_column_localization(inv, fwd_default):
     assert frac >= FROZEN_RING1_FRACTION, frac
 
 
-# Measured once with the shipped model (2026-11-25): 12 of 40 leadfield columns (0.30) peak
-# within one ring, median distance 18 mm; the model is trained on extended patches, so
+# Measured once with the shipped model (2026-11-25): 13 of 40 leadfield columns (0.325)
+# peak within one ring, median distance 17 mm; the model is trained on extended patches, so
 # single dipoles are off its training distribution (sLORETA is exact here). Frozen band:
 FROZEN_RING1_FRACTION = 0.25
 
