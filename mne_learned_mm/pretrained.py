@@ -194,6 +194,9 @@ def build_solver(kind, solver_kwargs, n_sources):
 class SolverPipeline:
     """A trained solver with its starting point: ``solve(Y, L) -> (X, history)``.
 
+    ``Y`` and ``L`` are rescaled by :func:`~mne_learned_mm.solver.init.normalise_problem`
+    first (the cosine costs do not see the scale), so ``X`` is unit-free.
+
     Parameters
     ----------
     module : torch.nn.Module
@@ -221,7 +224,7 @@ class SolverPipeline:
         Returns
         -------
         X : Tensor, shape (n_batch, n_sources, n_times)
-        history : dict
+        history : mne_learned_mm.solver.mm.SolverHistory
         """
         from .solver.init import initial_point, normalise_problem, tikhonov_operator
 
