@@ -16,6 +16,7 @@ from mne_learned_mm.solver import (
     lower_cost,
     upper_loss,
 )
+from mne_learned_mm.solver.objective import time_course_mismatch
 
 N_SENSORS, N_SOURCES, N_TIMES = 6, 12, 5
 
@@ -151,6 +152,29 @@ def test_gradcheck_upper_loss():
     assert torch.autograd.gradcheck(lambda a, b: upper_loss(a, b, prior), (X_true, X_hat))
     loss = upper_loss(X, X_hat, prior)
     assert loss.shape == ()
+    weighted = upper_loss(X, X_hat, prior, time_weight=0.5)
+    expected = loss + 0.5 * time_course_mismatch(X, X_hat).mean()
+    torch.testing.assert_close(weighted, expected)
+
+
+def test_time_course_mismatch():
+    gen = torch.Generator().manual_seed(5)
+    X = torch.zeros(2, 7, 9, dtype=torch.float64)
+    X[:, :3] = torch.randn(2, 3, 9, generator=gen, dtype=torch.float64)
+    # right time courses up to positive per-source factors, junk on silent sources
+    X_hat = X * torch.rand(2, 7, 1, generator=gen, dtype=torch.float64).add(0.1)
+    X_hat[:, 3:] = torch.randn(2, 4, 9, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(time_course_mismatch(X, X_hat), torch.zeros(2, dtype=torch.float64))
+    # a flipped source costs 2 times its share of the energy
+    flipped = X_hat.clone()
+    flipped[0, 1] *= -1
+    share = (X[0, 1] ** 2).sum() / (X[0] ** 2).sum()
+    torch.testing.assert_close(time_course_mismatch(X, flipped)[0], 2 * share)
+    # a global scale change is free, a time shift is not
+    assert time_course_mismatch(X, 3.0 * X).abs().max() < 1e-12
+    assert (time_course_mismatch(X, torch.roll(X, 2, dims=-1)) > 0.05).all()
+    X_hat = X_hat.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda b: time_course_mismatch(X, b), (X_hat,))
 
 
 def test_cost_and_grad_batched_and_paths():

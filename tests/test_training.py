@@ -76,6 +76,17 @@ def test_resume_continues_exactly(small_fwd_fname, tmp_path):
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
 
 
+@pytest.mark.parametrize("stage", ["prior", "bilevel"])
+def test_time_weight_changes_the_loss(small_fwd_fname, tmp_path, stage):
+    plain = train(_cfg(small_fwd_fname, tmp_path / "plain", epochs=1, stage=stage))
+    timed = train(_cfg(small_fwd_fname, tmp_path / "timed", epochs=1, stage=stage,
+                       time_weight=1.0))
+    loss = [json.loads((out / "history.json").read_text())[0]["train_loss"]
+            for out in (plain, timed)]
+    assert loss[1] > loss[0]  # same data and start, plus a non-negative term
+    assert json.loads((timed / "config.json").read_text())["train"]["time_weight"] == 1.0
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

@@ -19,7 +19,7 @@ from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SimulatedDataset
 from ..solver.init import initial_point, normalise_problem, tikhonov_operator
-from ..solver.objective import cosine_similarity, upper_loss
+from ..solver.objective import cosine_similarity, time_course_mismatch, upper_loss
 
 CKPT = "checkpoint.pt"
 
@@ -193,10 +193,17 @@ def validate(module, cfg, val, L, K, device):
 
 
 # -- Φ pre-training ------------------------------------------------------------------
-def prior_loss(prior, X, X0):
-    """Denoising-autoencoder loss ``(1 − cos(X, Φ(X0))) + (1 − cos(X, Φ(X)))``."""
-    return (1 - cosine_similarity(X, prior(X0))).mean() + \
-        (1 - cosine_similarity(X, prior(X))).mean()
+def prior_loss(prior, X, X0, time_weight=0.0):
+    """Denoising-autoencoder loss ``(1 − cos(X, Φ(X0))) + (1 − cos(X, Φ(X)))``.
+
+    ``time_weight`` adds that multiple of
+    :func:`~mne_learned_mm.solver.objective.time_course_mismatch` of ``Φ(X0)``.
+    """
+    denoised = prior(X0)
+    loss = (1 - cosine_similarity(X, denoised)) + (1 - cosine_similarity(X, prior(X)))
+    if time_weight:
+        loss = loss + time_weight * time_course_mismatch(X, denoised)
+    return loss.mean()
 
 
 def pretrain_prior(module, cfg, train, L, K, device, n_steps):
@@ -209,7 +216,7 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
         Y, X = _batch(train, idx, step)
         Y, X = Y.to(device), X.to(device)
         X0 = initial_point(Y, L, "tikhonov", K=K)
-        loss = prior_loss(prior, X, X0)
+        loss = prior_loss(prior, X, X0, cfg.time_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -290,10 +297,10 @@ def train(cfg, *, resume=False, verbose=None):
             Y, X = Y.to(device), X.to(device)
             X0 = _X0(cfg, Y, L, K, state["step"], module.prior)
             if cfg.stage == "prior":
-                loss = prior_loss(module.prior, X, X0)
+                loss = prior_loss(module.prior, X, X0, cfg.time_weight)
             else:
                 X_hat, _ = net(Y, L, X0=X0, create_graph=True)
-                loss = upper_loss(X, X_hat, module.prior)
+                loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight)
             opt.zero_grad()
             loss.backward()
             if cfg.grad_clip:

@@ -1,0 +1,2 @@
+# NMM-trained model (for the NMM -> SEREEGA cross-domain row), stage 1: Φ alone on Jansen-Rit clips only.
+/work/venv/bin/python -m mne_learned_mm.training --stage prior --data nmm --n-train 6000 --n-val 32 --epochs 10 --batch-size 8 --lr 1e-3 --lr-min 1e-5 --snr-db '[5, 20]' --solver '{"prior_hidden": 256, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 1}' --num-threads 1 --checkpoint-min 3 --time-budget-min 40 --seed 5 --out runs/nmm_prior "$@"
