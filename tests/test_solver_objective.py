@@ -161,20 +161,25 @@ def test_time_course_mismatch():
     gen = torch.Generator().manual_seed(5)
     X = torch.zeros(2, 7, 9, dtype=torch.float64)
     X[:, :3] = torch.randn(2, 3, 9, generator=gen, dtype=torch.float64)
-    # right time courses up to positive per-source factors, junk on silent sources
+    # right time courses up to positive per-source factors: no cost
     X_hat = X * torch.rand(2, 7, 1, generator=gen, dtype=torch.float64).add(0.1)
-    X_hat[:, 3:] = torch.randn(2, 4, 9, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(time_course_mismatch(X, X_hat), torch.zeros(2, dtype=torch.float64))
-    # a flipped source costs 2 times its share of the energy
+    # energy on silent sources costs half its share of the estimate's energy
+    junk = X_hat.clone()
+    junk[:, 3:] = torch.randn(2, 4, 9, generator=gen, dtype=torch.float64)
+    share = (junk[:, 3:] ** 2).sum((1, 2)) / (junk ** 2).sum((1, 2))
+    torch.testing.assert_close(time_course_mismatch(X, junk), 0.5 * share)
+    # a flipped source costs 2 times its mean share
     flipped = X_hat.clone()
     flipped[0, 1] *= -1
-    share = (X[0, 1] ** 2).sum() / (X[0] ** 2).sum()
+    share = 0.5 * ((X[0, 1] ** 2).sum() / (X[0] ** 2).sum()
+                   + (X_hat[0, 1] ** 2).sum() / (X_hat[0] ** 2).sum())
     torch.testing.assert_close(time_course_mismatch(X, flipped)[0], 2 * share)
     # a global scale change is free, a time shift is not
     assert time_course_mismatch(X, 3.0 * X).abs().max() < 1e-12
     assert (time_course_mismatch(X, torch.roll(X, 2, dims=-1)) > 0.05).all()
-    X_hat = X_hat.clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda b: time_course_mismatch(X, b), (X_hat,))
+    junk = junk.requires_grad_()
+    assert torch.autograd.gradcheck(lambda b: time_course_mismatch(X, b), (junk,))
 
 
 def test_cost_and_grad_batched_and_paths():

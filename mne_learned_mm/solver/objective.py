@@ -216,10 +216,13 @@ def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS, time_weight=0.0):
 def time_course_mismatch(X_true, X_hat, eps=DEFAULT_EPS):
     """Energy-weighted mean of ``1 − cos_t(X[s], X̂[s])`` over the sources.
 
-    ``cos_t`` is the cosine between one source's time courses, so each active
+    ``cos_t`` is the cosine between one source's time courses, so each
     source's temporal shape counts on its own, whatever its amplitude
-    relative to the others; the weights ``‖X[s]‖² / ‖X‖²`` ignore the
-    sources that are silent in the truth.
+    relative to the others. The weight of source ``s`` is the mean of its
+    shares of the true and of the estimated energy,
+    ``(‖X[s]‖² / ‖X‖² + ‖X̂[s]‖² / ‖X̂‖²) / 2``: a source that is silent in
+    the truth but not in the estimate costs half its share of the estimated
+    energy (its ``cos_t`` is 0), so spreading energy is not free.
 
     Parameters
     ----------
@@ -233,11 +236,11 @@ def time_course_mismatch(X_true, X_hat, eps=DEFAULT_EPS):
     Returns
     -------
     mismatch : Tensor, shape (n_batch,)
-        Between 0 (every active source has the right time course up to a
-        positive factor) and 2.
+        Between 0 (the estimate is zero where the truth is and has the right
+        time courses up to positive per-source factors) and 2.
     """
-    energy = (X_true**2).sum(-1)
-    norms = torch.sqrt(energy + eps**2) * torch.sqrt((X_hat**2).sum(-1) + eps**2)
-    cos_t = (X_true * X_hat).sum(-1) / norms
-    weights = energy / (energy.sum(-1, keepdim=True) + eps**2)
+    e_true, e_hat = (X_true**2).sum(-1), (X_hat**2).sum(-1)
+    cos_t = (X_true * X_hat).sum(-1) / (torch.sqrt(e_true + eps**2) * torch.sqrt(e_hat + eps**2))
+    weights = 0.5 * (e_true / (e_true.sum(-1, keepdim=True) + eps**2)
+                     + e_hat / (e_hat.sum(-1, keepdim=True) + eps**2))
     return (weights * (1.0 - cos_t)).sum(-1)
