@@ -11,7 +11,10 @@ import torch
 
 from mne_learned_mm import LearnedMMInverse
 from mne_learned_mm.pretrained import load_state
+from mne_learned_mm.solver import ConvAutoencoder
+from mne_learned_mm.solver.objective import time_course_mismatch
 from mne_learned_mm.training import TrainConfig, train
+from mne_learned_mm.training.loop import prior_loss
 
 TINY_SOLVER = {"n_iter": 2, "prior_hidden": 8, "net_hidden": 4, "net_rank": 8,
                "bound": "hvp", "hvp_iters": 1}
@@ -74,6 +77,17 @@ def test_resume_continues_exactly(small_fwd_fname, tmp_path):
     resumed = _weights(tmp_path / "resumed")
     _assert_same(_weights(tmp_path / "full"), resumed)
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
+
+
+def test_prior_loss_time_term():
+    torch.manual_seed(0)
+    prior = ConvAutoencoder(10, 4, 3, 0.1).double()
+    X, X0 = torch.randn(2, 2, 10, 6, dtype=torch.float64)
+    X[:, 5:] = 0  # silent sources
+    extra = time_course_mismatch(X, prior(X0)).mean()
+    assert extra > 0
+    expected = prior_loss(prior, X, X0) + 0.5 * extra
+    torch.testing.assert_close(prior_loss(prior, X, X0, 0.5), expected)
 
 
 @pytest.mark.parametrize("stage", ["prior", "bilevel"])

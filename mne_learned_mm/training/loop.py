@@ -17,7 +17,7 @@ from mne.utils import ProgressBar, logger
 from .. import __version__
 from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import build_solver, save_model
-from ..simulation import SimulatedDataset
+from ..simulation import EvokedConfig, NMMConfig, SereegaConfig, SimulatedDataset
 from ..solver.init import initial_point, normalise_problem, tikhonov_operator
 from ..solver.objective import cosine_similarity, time_course_mismatch, upper_loss
 
@@ -66,8 +66,6 @@ MIXTURES = {"mix": ("sereega", "nmm"), "sereega+evoked": ("sereega", "evoked")}
 
 def _simulation_config(kind, sfreq):
     """Default simulation config of ``kind``; evoked windows at the model's rate."""
-    from ..simulation import EvokedConfig
-
     if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
         return EvokedConfig(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
     return None
@@ -75,8 +73,6 @@ def _simulation_config(kind, sfreq):
 
 def _datasets(cfg, fwd):
     kinds = list(MIXTURES.get(cfg.data, [cfg.data]))
-    from ..simulation import SereegaConfig
-
     sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
                               snr_db=cfg.snr_db, config=_simulation_config(k, sfreq))
@@ -116,18 +112,9 @@ def model_config(cfg, fwd, n_sources):
 
 
 def _data_sfreq(cfg):
-    from ..simulation import SereegaConfig
-
     if cfg.data in ("sereega", *MIXTURES):
         return SereegaConfig().sfreq
-    return _sfreq_of(cfg.data)
-
-
-def _sfreq_of(kind):
-    from .. import simulation
-
-    conf = {"nmm": simulation.NMMConfig, "evoked": simulation.EvokedConfig}[kind]()
-    return conf.sfreq
+    return {"nmm": NMMConfig, "evoked": EvokedConfig}[cfg.data]().sfreq
 
 
 def _X0(cfg, Y, L, K, step, prior=None):
