@@ -147,6 +147,23 @@ def test_classical_methods_benchmark(fwd_small):
     assert set(result["solver_warnings"]) == set(CLASSICAL)
 
 
+def test_random_sign_benchmark(fwd_small):
+    seen = {}
+
+    def record(evoked, fwd, noise_cov):
+        seen.setdefault("data", []).append(evoked.data.copy())
+        return _zeros(evoked, fwd, noise_cov)
+
+    kw = dict(n_samples=6, snr_db=30.0, seed=1, verbose=False)
+    plain = run_benchmark(fwd_small, methods={"rec": record}, **kw)
+    signs = run_benchmark(fwd_small, methods={"rec": record}, random_sign=True, **kw)
+    assert not plain["dataset"]["config"]["random_sign"]
+    assert signs["dataset"]["config"]["random_sign"]
+    assert [s["seeds"] for s in plain["samples"]] == [s["seeds"] for s in signs["samples"]]
+    flipped = [not np.allclose(a, b) for a, b in zip(seen["data"][:6], seen["data"][6:])]
+    assert any(flipped)
+
+
 def _zeros(evoked, fwd, noise_cov):
     vertices = [s["vertno"] for s in fwd["src"]]
     return mne.SourceEstimate(np.zeros((fwd["nsource"], len(evoked.times))), vertices,

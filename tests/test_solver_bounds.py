@@ -30,14 +30,15 @@ def _one_thread():
     torch.set_num_threads(n_threads)
 
 
-def _problem(seed, n_times=5, eps=0.1, w_scale=1.0, b_scale=0.1, x_scale=1.0, hidden=6):
+def _problem(seed, n_times=5, eps=0.1, w_scale=1.0, b_scale=0.1, x_scale=1.0, hidden=6,
+             odd=False):
     """Random lead field, data, point and autoencoder weights."""
     gen = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=gen, dtype=torch.float64)  # noqa: E731
     L = randn(N_SENSORS, N_SOURCES)
     Y = randn(1, N_SENSORS, n_times)
     X = x_scale * randn(1, N_SOURCES, n_times)
-    prior = ConvAutoencoder(N_SOURCES, hidden, 3, eps).double()
+    prior = ConvAutoencoder(N_SOURCES, hidden, 3, eps, odd=odd).double()
     with torch.no_grad():
         for conv in prior.convs:
             fan_in = conv.weight[0].numel()
@@ -85,10 +86,11 @@ def test_data_curvature_factor_is_exact():
 
 @pytest.mark.parametrize("regime", REGIMES)
 @pytest.mark.parametrize("lam", [0.3, 1.0])
-def test_hessian_bound_dominates_exact_hessian(regime, lam):
+@pytest.mark.parametrize("odd", [False, True])
+def test_hessian_bound_dominates_exact_hessian(regime, lam, odd):
     ratios = []
     for seed in range(8):
-        L, Y, X, prior = _problem(seed, **regime)
+        L, Y, X, prior = _problem(seed, odd=odd, **regime)
         exact = _spectral_norm(_hessian(X, Y, L, prior, lam))
         bound = hessian_bound(X, Y, L, prior, lam).item()
         assert bound >= exact, (seed, bound, exact)

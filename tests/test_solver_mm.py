@@ -181,6 +181,28 @@ def test_invariant_to_the_scale_of_the_data(cls):
     torch.testing.assert_close(h1.cost, h2.cost)
 
 
+@pytest.mark.parametrize("bound", BOUNDS)
+def test_sign_equivariant_with_odd_prior_and_even_curvature(bound):
+    L, Y, _ = _data(8, n_batch=2)
+
+    def solve(solver, Y):
+        with torch.no_grad():
+            X0 = solver.prior(torch.linalg.pinv(L) @ Y)  # odd start: Φ(K Y)
+            return solver(Y, L, X0)
+
+    sym = _solver(8, bound=bound, n_iter=5, prior_odd=True, net_even=True)
+    X_pos, h_pos = solve(sym, Y)
+    X_neg, h_neg = solve(sym, -Y)
+    torch.testing.assert_close(X_neg, -X_pos, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(h_neg.cost, h_pos.cost, rtol=1e-9, atol=1e-12)
+    _assert_monotone(h_pos)
+    assert (h_pos.cost[:, -1] < h_pos.cost[:, 0]).all()  # the steps do move
+    if bound == "none":  # p̃ unclipped: either part alone is not enough
+        for kw in (dict(prior_odd=True), dict(net_even=True)):
+            plain = _solver(8, bound=bound, n_iter=5, **kw)
+            assert not torch.allclose(solve(plain, -Y)[0], -solve(plain, Y)[0], rtol=1e-6)
+
+
 def test_history_and_interface_shared_with_baseline():
     L, Y, _ = _data(8, n_batch=2)
     n_iter = 3

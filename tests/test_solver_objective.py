@@ -84,6 +84,19 @@ def test_prior_any_length(n_times):
     assert lower_cost(X, Y, L, prior).shape == (X.shape[0],)
 
 
+def test_odd_prior_is_odd_and_shares_the_network():
+    L, Y, X, prior = _problem(1)
+    odd = ConvAutoencoder(N_SOURCES, 6, 3, 0.1, odd=True).double()
+    odd.load_state_dict(prior.state_dict())
+    torch.testing.assert_close(odd(-X), -odd(X), rtol=0, atol=1e-14)
+    torch.testing.assert_close(odd(X), 0.5 * (prior(X) - prior(-X)))
+    assert not torch.allclose(prior(-X), -prior(X))  # the plain network is not odd
+    # the cost is then even: u(−X; −Y) = u(X; Y) and u(−X; Y) has the prior term of u(X; Y)
+    torch.testing.assert_close(lower_cost(-X, -Y, L, odd), lower_cost(X, Y, L, odd))
+    X = X.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: lower_cost(x, Y, L, odd, lam=0.7), (X,))
+
+
 def _conv_matrix(weight, n_times):
     c_in = weight.shape[1]
     eye = torch.eye(c_in * n_times, dtype=weight.dtype).view(-1, c_in, n_times)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mne_learned_mm import LearnedMMInverse
-from mne_learned_mm.pretrained import load_state
+from mne_learned_mm.pretrained import load_model, load_state
 from mne_learned_mm.solver import ConvAutoencoder
 from mne_learned_mm.solver.objective import time_course_mismatch
 from mne_learned_mm.training import TrainConfig, train
@@ -99,6 +99,20 @@ def test_time_weight_changes_the_loss(small_fwd_fname, tmp_path, stage):
             for out in (plain, timed)]
     assert loss[1] > loss[0]  # same data and start, plus a non-negative term
     assert json.loads((timed / "config.json").read_text())["train"]["time_weight"] == 1.0
+
+
+def test_random_sign_and_odd_prior(small_fwd_fname, tmp_path):
+    from mne_learned_mm.training.loop import _simulation_config
+
+    assert _simulation_config("sereega", 512.0) is None
+    assert _simulation_config("sereega", 512.0, random_sign=True).random_sign
+    assert _simulation_config("nmm", 512.0, random_sign=True).random_sign
+    solver = dict(TINY_SOLVER, prior_odd=True)
+    out = train(_cfg(small_fwd_fname, tmp_path / "odd", epochs=1, stage="prior",
+                     random_sign=True, solver=solver))
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["random_sign"] and config["train"]["solver"]["prior_odd"]
+    assert load_model(out)[0].module.prior.odd
 
 
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):

@@ -5,7 +5,8 @@ Command line::
     python -m mne_learned_mm.evaluation.benchmark --data sereega --n 500 --snr 5 \\
         --methods MNE dSPM sLORETA eLORETA MxNE gamma_map [--fwd file-fwd.fif] \\
         [--model learned_mm=PATH 4dvarnet=PATH] [--train-data sereega|nmm | --cross] \\
-        [--snr-sweep 0,5,10,20] [--channels 90|64|32] [--seed 42] [--out-dir DIR]
+        [--snr-sweep 0,5,10,20] [--channels 90|64|32] [--seed 42] [--random-sign] \\
+        [--out-dir DIR]
 
 Protocol, fixed so that runs are comparable:
 
@@ -183,7 +184,8 @@ def _make_methods(methods, options):
 
 @verbose
 def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLASSICAL,
-                  seed=42, n_channels=None, method_options=None, n_threads=1, verbose=None):
+                  seed=42, n_channels=None, method_options=None, n_threads=1,
+                  random_sign=False, verbose=None):
     """Evaluate inverse methods on simulated samples.
 
     Parameters
@@ -210,6 +212,10 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
         Limit of BLAS threads while solving (needs ``threadpoolctl``; ``None``
         leaves it alone). One thread is fastest: the problems are small and
         several threads on shared cores slow MNE's solvers down many-fold.
+    random_sign : bool
+        Draw each patch's polarity at random (``"sereega"`` and ``"nmm"``;
+        the ``"evoked"`` components always have random polarities). The
+        authors' protocol has positive SEREEGA sources only.
     %(verbose)s
 
     Returns
@@ -220,14 +226,17 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
         ``"ms"`` the time per sample, ``summary`` ``{method: {metric:
         {mean, sd, n, ...}}}`` and ``methods`` (repr of each callable).
     """
-    from ..simulation import SimulatedDataset
+    from ..simulation import NMMConfig, SereegaConfig, SimulatedDataset
 
+    config = None
+    if random_sign and data != "evoked":
+        config = {"sereega": SereegaConfig, "nmm": NMMConfig}[data](random_sign=True)
     if isinstance(methods, dict):
         callables = dict(methods)
     else:
         callables = _make_methods(list(methods), method_options or {})
     ds = SimulatedDataset(fwd, kind=data, n_samples=n_samples, seed=seed, snr_db=snr_db,
-                          info=_subset_info(fwd, n_channels), verbose=False)
+                          info=_subset_info(fwd, n_channels), config=config, verbose=False)
     keys = METRICS + (FOUND, "ms")
     per_sample = {name: {key: [] for key in keys} for name in callables}
     samples = []
@@ -416,6 +425,8 @@ def _parser():
     parser.add_argument("--channels", type=int, default=None,
                         help="use a spread subset of 64 or 32 of the channels")
     parser.add_argument("--seed", type=int, default=42, help="seed of the test set")
+    parser.add_argument("--random-sign", action="store_true",
+                        help="random patch polarities (sereega/nmm; evoked always has them)")
     parser.add_argument("--mxne-alpha", type=float, default=50.0,
                         help="MxNE regularisation in %% of alpha_max")
     parser.add_argument("--gamma-alpha", type=float, default=1.0,
@@ -496,14 +507,15 @@ def main(argv=None):
     for snr in snrs:
         result = run_benchmark(fwd, data=args.data, n_samples=args.n, snr_db=snr,
                                methods=callables, seed=args.seed, n_channels=args.channels,
-                               n_threads=args.n_threads)
+                               n_threads=args.n_threads, random_sign=args.random_sign)
         result["snr_db"] = result["dataset"]["snr_db"]
         runs.append(result)
     runtime = time.perf_counter() - t_start
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n_ch = len(runs[0]["dataset"]["ch_names"])
-    tag = args.tag or f"{args.data}_{n_ch}ch_n{args.n}_seed{args.seed}"
+    signs = "_signs" if args.random_sign and args.data != "evoked" else ""
+    tag = args.tag or f"{args.data}{signs}_{n_ch}ch_n{args.n}_seed{args.seed}"
     config = dict(
         argv=list(sys.argv[1:] if argv is None else argv), args=vars(args),
         methods=methods, train_data=train_data, method_reprs=runs[0]["methods"],

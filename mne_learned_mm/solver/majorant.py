@@ -235,10 +235,16 @@ class CurvatureNet(nn.Module):
         reduction (the cells see the s source channels).
     basis : Tensor, shape (n_sources, rank) | None
         Fixed basis (shared by g and x); learned 1×1 convolutions if None.
+    even : bool
+        Average the prediction over ``(x, g)`` and ``(−x, −g)`` (each with
+        its own recurrent state), so that ``p̃`` is even. With an odd prior Φ
+        the cost ``u`` is even and its gradient odd, and the whole MM solve
+        is then sign-equivariant: data ``−Y`` give exactly ``−X̂``.
     """
 
-    def __init__(self, n_sources, hidden=32, kernel_size=3, rank=64, basis=None):
+    def __init__(self, n_sources, hidden=32, kernel_size=3, rank=64, basis=None, even=False):
         super().__init__()
+        self.even = bool(even)
         self.enc_g = SpatialBasis(n_sources, rank, basis)
         self.enc_x = SpatialBasis(n_sources, rank, basis)
         r = self.enc_g.out_channels
@@ -270,6 +276,14 @@ class CurvatureNet(nn.Module):
             Positive inverse curvature.
         state : CurvatureState
         """
+        if self.even:
+            n = len(X)
+            p_both, state = self._predict(torch.cat([X, -X]), torch.cat([grad, -grad]),
+                                          torch.cat([p_ref, p_ref]), state)
+            return 0.5 * (p_both[:n] + p_both[n:]), state
+        return self._predict(X, grad, p_ref, state)
+
+    def _predict(self, X, grad, p_ref, state):
         state = CurvatureState() if state is None else state
         h1, s1 = self.f1(self.enc_g(rms_normalize(grad)), state.f1)
         h2, s2 = self.f2(torch.cat([self.enc_x(rms_normalize(X)), h1], dim=1), state.f2)

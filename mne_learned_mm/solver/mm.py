@@ -55,6 +55,14 @@ class MMConfig:
         Smoothing of the cosine norms.
     prior_hidden, prior_kernel, prior_eps : int, int, float
         Width, odd temporal kernel and SoftReLU ε of Φ.
+    prior_odd : bool
+        Make Φ odd, ``Φ(−X) = −Φ(X)`` (see
+        :class:`~mne_learned_mm.solver.prior.ConvAutoencoder`), so that the
+        solver has no preferred source polarity.
+    net_even : bool
+        Make the curvature prediction even in ``(x, g)`` (see
+        :class:`~mne_learned_mm.solver.majorant.CurvatureNet`); with
+        ``prior_odd`` the solve is sign-equivariant.
     net_hidden, net_kernel : int, int
         Hidden channels and odd temporal kernel of the ConvLSTM cells.
     net_rank : int | None
@@ -81,6 +89,8 @@ class MMConfig:
     prior_hidden: int = 32
     prior_kernel: int = 3
     prior_eps: float = 0.01
+    prior_odd: bool = False
+    net_even: bool = False
     net_hidden: int = 32
     net_kernel: int = 3
     net_rank: int = 64
@@ -222,9 +232,11 @@ class LearnedMM(nn.Module):
         self.config = cfg = _make_config(config, overrides)
         self.n_sources = n_sources
         if prior is None:
-            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps)
+            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
+                                    cfg.prior_odd)
         if curvature is None:
-            curvature = CurvatureNet(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank)
+            curvature = CurvatureNet(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
+                                     even=cfg.net_even)
         self.prior = prior
         self.curvature = curvature
 

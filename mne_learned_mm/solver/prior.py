@@ -172,6 +172,15 @@ class ConvAutoencoder(nn.Module):
     channels, so Φ maps ``(n_batch, n_sources, n_times)`` to the same shape
     for any ``n_times``.
 
+    With ``odd=True``, Φ is the odd part of that network ``f``:
+    ``Φ(X) = (f(X) − f(−X)) / 2``, so ``Φ(−X) = −Φ(X)``. The inverse problem
+    is sign-symmetric (``−X`` explains ``−Y``), and a prior trained on
+    sources of one polarity otherwise learns a polarity preference that
+    shrinks sources of the other sign. The bounds below stay valid for the
+    odd part: ``J_Φ(x) = (J_f(x) + J_f(−x)) / 2`` and
+    ``D²Φ(x) = (D²f(x) − D²f(−x)) / 2`` are averages of two quantities
+    with the same bounds.
+
     Parameters
     ----------
     n_sources : int
@@ -182,10 +191,13 @@ class ConvAutoencoder(nn.Module):
         Odd temporal kernel size of the three layers.
     eps : float
         Smoothing ε of the SoftReLU.
+    odd : bool
+        Use the odd part of the network (see above).
     """
 
-    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01):
+    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01, odd=False):
         super().__init__()
+        self.odd = bool(odd)
         _check_kernel_size(kernel_size)
         pad = kernel_size // 2
         self.conv1 = nn.Conv1d(n_sources, hidden, kernel_size, padding=pad)
@@ -215,9 +227,18 @@ class ConvAutoencoder(nn.Module):
         -------
         Phi : Tensor, shape (n_batch, n_sources, n_times)
         """
+        if not self.odd:
+            return self._network(X)
+        both = self._network(torch.cat([X, -X]))
+        return 0.5 * (both[:len(X)] - both[len(X):])
+
+    def _network(self, X):
         z = self.act(self.conv1(X))
         z = self.act(self.conv2(z))
         return self.conv3(z)
+
+    def extra_repr(self):
+        return "odd=True" if self.odd else ""
 
     def layer_norms(self, differentiable=False):
         """Certified bounds on the operator norms of the three convolutions.

@@ -96,7 +96,8 @@ class UnrolledSolver(nn.Module):
         self.config = cfg = _make_config(config, overrides)
         self.n_sources = n_sources
         if prior is None:
-            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps)
+            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
+                                    cfg.prior_odd)
         if modulator is None:
             modulator = GradientModulator(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank)
         self.prior = prior

@@ -20,6 +20,7 @@ class TrainConfig:
     n_val: int = 64
     snr_db: tuple = (0.0, 15.0)
     seed: int = 0
+    random_sign: bool = False  #: draw each SEREEGA/NMM patch's polarity at random
     # solver / model
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
     solver: dict = field(default_factory=dict)  #: kwargs of the solver config

@@ -64,10 +64,14 @@ def _load_forward(cfg):
 MIXTURES = {"mix": ("sereega", "nmm"), "sereega+evoked": ("sereega", "evoked")}
 
 
-def _simulation_config(kind, sfreq):
-    """Default simulation config of ``kind``; evoked windows at the model's rate."""
+def _simulation_config(kind, sfreq, random_sign=False):
+    """Simulation config of ``kind``: evoked windows at the model's rate (their
+    components always have random polarities); SEREEGA / NMM patches with
+    random polarities if ``random_sign``."""
     if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
         return EvokedConfig(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
+    if random_sign:
+        return {"sereega": SereegaConfig, "nmm": NMMConfig}[kind](random_sign=True)
     return None
 
 
@@ -75,7 +79,8 @@ def _datasets(cfg, fwd):
     kinds = list(MIXTURES.get(cfg.data, [cfg.data]))
     sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
-                              snr_db=cfg.snr_db, config=_simulation_config(k, sfreq))
+                              snr_db=cfg.snr_db,
+                              config=_simulation_config(k, sfreq, cfg.random_sign))
              for k in kinds]
     val = SimulatedDataset(fwd, kind=kinds[0], n_samples=cfg.n_val, seed=cfg.seed + 10_000,
                            start=0, snr_db=5.0)
