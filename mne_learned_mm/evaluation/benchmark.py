@@ -226,11 +226,9 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
         ``"ms"`` the time per sample, ``summary`` ``{method: {metric:
         {mean, sd, n, ...}}}`` and ``methods`` (repr of each callable).
     """
-    from ..simulation import NMMConfig, SereegaConfig, SimulatedDataset
+    from ..simulation import SimulatedDataset, default_config
 
-    config = None
-    if random_sign and data != "evoked":
-        config = {"sereega": SereegaConfig, "nmm": NMMConfig}[data](random_sign=True)
+    config = default_config(data, random_sign=True) if random_sign else None
     if isinstance(methods, dict):
         callables = dict(methods)
     else:

@@ -20,19 +20,21 @@ _CONFIGS = {"sereega": SereegaConfig, "nmm": NMMConfig, "evoked": EvokedConfig}
 _DEFAULT_SNR = {"sereega": 5.0, "nmm": (5.0, 20.0), "evoked": 5.0}
 
 
-def default_config(kind):
+def default_config(kind, **changes):
     """Default waveform configuration of a simulation kind.
 
     Parameters
     ----------
     kind : "sereega" | "nmm" | "evoked"
+    **changes
+        Fields to set instead of their defaults (e.g. ``random_sign=True``).
 
     Returns
     -------
     config : SereegaConfig | NMMConfig | EvokedConfig
     """
     _check_kind(kind)
-    return _CONFIGS[kind]()
+    return _CONFIGS[kind](**changes)
 
 
 def default_noise(kind):

@@ -17,7 +17,7 @@ from mne.utils import ProgressBar, logger
 from .. import __version__
 from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import build_solver, save_model
-from ..simulation import EvokedConfig, NMMConfig, SereegaConfig, SimulatedDataset
+from ..simulation import SereegaConfig, SimulatedDataset, default_config
 from ..solver.init import initial_point, normalise_problem, tikhonov_operator
 from ..solver.objective import cosine_similarity, time_course_mismatch, upper_loss
 
@@ -68,11 +68,10 @@ def _simulation_config(kind, sfreq, random_sign=False):
     """Simulation config of ``kind``: evoked windows at the model's rate (their
     components always have random polarities); SEREEGA / NMM patches with
     random polarities if ``random_sign``."""
+    changes = {"random_sign": True} if random_sign else {}
     if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
-        return EvokedConfig(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
-    if random_sign:
-        return {"sereega": SereegaConfig, "nmm": NMMConfig}[kind](random_sign=True)
-    return None
+        changes.update(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
+    return default_config(kind, **changes) if changes else None
 
 
 def _datasets(cfg, fwd):
@@ -119,7 +118,7 @@ def model_config(cfg, fwd, n_sources):
 def _data_sfreq(cfg):
     if cfg.data in ("sereega", *MIXTURES):
         return SereegaConfig().sfreq
-    return {"nmm": NMMConfig, "evoked": EvokedConfig}[cfg.data]().sfreq
+    return default_config(cfg.data).sfreq
 
 
 def _X0(cfg, Y, L, K, step, prior=None):
