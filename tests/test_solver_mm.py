@@ -203,6 +203,24 @@ def test_sign_equivariant_with_odd_prior_and_even_curvature(bound):
             assert not torch.allclose(solve(plain, -Y)[0], -solve(plain, Y)[0], rtol=1e-6)
 
 
+def test_baseline_sign_equivariant_with_odd_prior_and_odd_modulator():
+    L, Y, _ = _data(9, n_batch=2)
+
+    def solve(solver, Y):
+        with torch.no_grad():
+            X0 = solver.prior(torch.linalg.pinv(L) @ Y)
+            return solver(Y, L, X0)[0]
+
+    sym = _solver(9, cls=UnrolledSolver, n_iter=4, prior_odd=True, net_even=True)
+    assert sym.modulator.odd
+    X_pos = solve(sym, Y)
+    torch.testing.assert_close(solve(sym, -Y), -X_pos, rtol=1e-9, atol=1e-12)
+    X0 = sym.prior(torch.linalg.pinv(L) @ Y).detach()
+    assert not torch.allclose(X_pos, X0)  # the modulated steps do move
+    plain = _solver(9, cls=UnrolledSolver, n_iter=4, prior_odd=True)  # negative control
+    assert not torch.allclose(solve(plain, -Y), -solve(plain, Y), rtol=1e-6)
+
+
 def test_history_and_interface_shared_with_baseline():
     L, Y, _ = _data(8, n_batch=2)
     n_iter = 3

@@ -16,7 +16,7 @@ from mne_learned_mm.solver import (
     lower_cost,
     upper_loss,
 )
-from mne_learned_mm.solver.objective import time_course_mismatch
+from mne_learned_mm.solver.objective import patch_mismatch, time_course_mismatch
 
 N_SENSORS, N_SOURCES, N_TIMES = 6, 12, 5
 
@@ -212,3 +212,36 @@ def test_cost_and_grad_batched_and_paths():
     # the data term is invariant to the scale of Y, so is its gradient
     _, g4 = cost_and_grad(X, 1e-5 * Y, L, prior, lam=0.5)
     torch.testing.assert_close(g4, g)
+
+
+def test_patch_mismatch_counts_every_patch_the_same():
+    gen = torch.Generator().manual_seed(6)
+    X = torch.zeros(2, 12, 5, dtype=torch.float64)
+    X[0, 0:2] = 5.0 * torch.randn(2, 5, generator=gen, dtype=torch.float64)  # strong patch
+    X[0, 7:9] = 0.05 * torch.randn(2, 5, generator=gen, dtype=torch.float64)  # weak patch
+    X[1, 4] = torch.randn(5, generator=gen, dtype=torch.float64)  # one patch only
+    zones = torch.zeros(2, 2, 12, dtype=torch.bool)  # second row of sample 1 is padding
+    zones[0, 0, 0:5], zones[0, 1, 6:12], zones[1, 0, 3:6] = True, True, True
+    zero = torch.zeros(2, dtype=torch.float64)
+    torch.testing.assert_close(patch_mismatch(X, 3.0 * X, zones), zero)
+    missed = X.clone()
+    missed[0, 7:9] = 0  # the weak patch is lost: the whole-matrix cosine hardly notices
+    assert 1 - cosine_similarity(X, missed)[0] < 1e-3
+    torch.testing.assert_close(patch_mismatch(X, missed, zones),
+                               torch.tensor([0.5, 0.0], dtype=torch.float64))
+    flipped = X.clone()
+    flipped[1] *= -1
+    torch.testing.assert_close(patch_mismatch(X, flipped, zones)[1],
+                               torch.tensor(2.0, dtype=torch.float64))
+    X_hat = torch.randn(2, 12, 5, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda b: patch_mismatch(X, b, zones), (X_hat,))
+
+
+def test_upper_loss_patch_term():
+    _, _, X, prior = _problem(3, n_batch=2, n_times=3)
+    X_hat = torch.randn_like(X)
+    zones = torch.zeros(2, 1, X.shape[1], dtype=torch.bool)
+    zones[:, 0, :2] = True
+    expected = upper_loss(X, X_hat, prior) + 0.7 * patch_mismatch(X, X_hat, zones).mean()
+    torch.testing.assert_close(upper_loss(X, X_hat, prior, zones=zones, patch_weight=0.7),
+                               expected)

@@ -14,7 +14,7 @@ from mne_learned_mm.pretrained import load_model, load_state
 from mne_learned_mm.solver import ConvAutoencoder
 from mne_learned_mm.solver.objective import time_course_mismatch
 from mne_learned_mm.training import TrainConfig, train
-from mne_learned_mm.training.loop import prior_loss
+from mne_learned_mm.training.loop import _batch, _datasets, _load_forward, prior_loss
 
 TINY_SOLVER = {"n_iter": 2, "prior_hidden": 8, "net_hidden": 4, "net_rank": 8,
                "bound": "hvp", "hvp_iters": 1}
@@ -99,6 +99,32 @@ def test_time_weight_changes_the_loss(small_fwd_fname, tmp_path, stage):
             for out in (plain, timed)]
     assert loss[1] > loss[0]  # same data and start, plus a non-negative term
     assert json.loads((timed / "config.json").read_text())["train"]["time_weight"] == 1.0
+
+
+def test_patch_zones_and_patch_weight(small_fwd_fname, tmp_path):
+    from mne_learned_mm.evaluation.metrics import seed_zone
+
+    cfg = _cfg(small_fwd_fname, tmp_path / "zones", epochs=1, stage="prior", patch_weight=1.0)
+    fwd = _load_forward(cfg)
+    train_sets, _ = _datasets(cfg, fwd)
+    Y, X, zones = _batch(train_sets, range(4), zones=True)
+    assert _batch(train_sets, range(4))[2] is None
+    adjacency = train_sets[0].geometry.adjacency
+    for b in range(4):
+        item = train_sets[0][b]
+        assert zones[b].any(-1).sum() == len(item["seeds"])
+        for k, seed in enumerate(item["seeds"]):
+            assert torch.equal(torch.nonzero(zones[b, k])[:, 0],
+                               torch.as_tensor(seed_zone(adjacency, int(seed), item["patches"])))
+            assert X[b][zones[b, k]].abs().sum() > 0  # the patch is inside its zone
+    for stage in ("prior", "bilevel"):
+        plain = train(_cfg(small_fwd_fname, tmp_path / f"plain_{stage}", epochs=1, stage=stage))
+        out = train(_cfg(small_fwd_fname, tmp_path / f"patch_{stage}", epochs=1, stage=stage,
+                         patch_weight=1.0))
+        loss = [json.loads((o / "history.json").read_text())[0]["train_loss"]
+                for o in (plain, out)]
+        assert loss[1] > loss[0]  # same data and start, plus a non-negative term
+        assert json.loads((out / "config.json").read_text())["train"]["patch_weight"] == 1.0
 
 
 def test_random_sign_and_odd_prior(small_fwd_fname, tmp_path):

@@ -42,10 +42,16 @@ class GradientModulator(nn.Module):
         Size of the spatial basis in front of the cell (None: no reduction).
     basis : Tensor, shape (n_sources, rank) | None
         Fixed basis; learned if None.
+    odd : bool
+        Make ``G`` odd, ``G(−g) = −G(g)``, by averaging ``G(g)`` and
+        ``−G(−g)`` (the second pass keeps its own recurrent state). With an
+        odd prior Φ the gradient is odd in ``X`` and the whole unrolled solve
+        is sign-equivariant, as the MM solver with ``net_even``.
     """
 
-    def __init__(self, n_sources, hidden=32, kernel_size=3, rank=64, basis=None):
+    def __init__(self, n_sources, hidden=32, kernel_size=3, rank=64, basis=None, odd=False):
         super().__init__()
+        self.odd = bool(odd)
         self.enc = SpatialBasis(n_sources, rank, basis)
         self.cell = ConvLSTMCell(self.enc.out_channels, hidden, kernel_size)
         self.head = nn.Conv1d(hidden, n_sources, 1)
@@ -67,6 +73,13 @@ class GradientModulator(nn.Module):
         update : Tensor, shape (n_batch, n_sources, n_times)
         state : tuple of Tensor
         """
+        if self.odd:
+            n = len(grad)
+            both, state = self._update(torch.cat([grad, -grad]), torch.cat([p_ref, p_ref]), state)
+            return 0.5 * (both[:n] - both[n:]), state
+        return self._update(grad, p_ref, state)
+
+    def _update(self, grad, p_ref, state):
         h, state = self.cell(self.enc(rms_normalize(grad)), state)
         rms = safe_norm(grad) / math.sqrt(grad[0].numel())
         return _expand(p_ref * rms, grad) * self.head(h), state
@@ -81,8 +94,8 @@ class UnrolledSolver(nn.Module):
         Number of sources s.
     config : MMConfig | None
         Uses ``n_iter``, ``lam``, ``eps``, the initial point and the network
-        fields (``prior_*``, ``net_*``); the bound/certificate fields are
-        ignored.
+        fields (``prior_*``, ``net_*``; ``net_even`` makes the modulator odd);
+        the bound/certificate fields are ignored.
     prior : nn.Module | None
         Autoencoder Φ; built from the config if None.
     modulator : nn.Module | None
@@ -99,7 +112,8 @@ class UnrolledSolver(nn.Module):
             prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
                                     cfg.prior_odd)
         if modulator is None:
-            modulator = GradientModulator(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank)
+            modulator = GradientModulator(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
+                                          odd=cfg.net_even)
         self.prior = prior
         self.modulator = modulator
 

@@ -33,6 +33,7 @@ class TrainConfig:
     lr_min: float = 1e-5  #: cosine schedule floor
     grad_clip: float = 1.0
     time_weight: float = 0.0  #: weight of the per-source temporal loss term (0 = paper)
+    patch_weight: float = 0.0  #: weight of the per-patch zone loss term (0 = paper)
     pretrain_phi_steps: int = 0  #: denoising-AE steps for Φ before the bilevel stage
     stage: str = "bilevel"  #: "bilevel" (Alg. 2) | "prior" (Φ alone, denoising AE)
     init_from: str | None = None  #: model dir whose weights start this run

@@ -15,11 +15,16 @@ import torch.distributed as dist
 from mne.utils import ProgressBar, logger
 
 from .. import __version__
-from ..evaluation.metrics import compute_metrics, summarize_metrics
+from ..evaluation.metrics import compute_metrics, seed_zone, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SereegaConfig, SimulatedDataset, default_config
 from ..solver.init import initial_point, normalise_problem, tikhonov_operator
-from ..solver.objective import cosine_similarity, time_course_mismatch, upper_loss
+from ..solver.objective import (
+    cosine_similarity,
+    patch_mismatch,
+    time_course_mismatch,
+    upper_loss,
+)
 
 CKPT = "checkpoint.pt"
 
@@ -86,14 +91,41 @@ def _datasets(cfg, fwd):
     return train, val
 
 
-def _batch(datasets, indices, which=0):
-    """Stack samples of ``datasets[which % len(datasets)]``; Y, X as float32 tensors."""
+def _batch(datasets, indices, which=0, zones=False):
+    """Stack samples of ``datasets[which % len(datasets)]``: Y, X (float32) and zones.
+
+    ``zones`` is None unless asked for: then a bool tensor of shape
+    (n_batch, n_patches, n_sources) (see :func:`patch_zones`).
+    """
     dataset = datasets[which % len(datasets)]
     items = [dataset[int(i)] for i in indices]
     T = min(it["Y"].shape[-1] for it in items)
     Y = torch.as_tensor(np.stack([it["Y"][:, :T] for it in items]))
     X = torch.as_tensor(np.stack([it["X"][:, :T] for it in items]))
-    return normalise_problem(Y, torch.ones(1, 1))[0], X
+    Y = normalise_problem(Y, torch.ones(1, 1))[0]
+    if not zones:
+        return Y, X, None
+    return Y, X, patch_zones(items, dataset.geometry.adjacency, X.shape[1])
+
+
+def _to(device, *tensors):
+    return tuple(None if t is None else t.to(device) for t in tensors)
+
+
+def patch_zones(items, adjacency, n_sources):
+    """Zone of every true patch: its seed's metric zone (7 rings minus other patches).
+
+    Returns
+    -------
+    zones : Tensor of bool, shape (n_batch, n_patches, n_sources)
+        All-False rows pad samples with fewer patches.
+    """
+    n_patches = max(len(it["seeds"]) for it in items)
+    zones = torch.zeros(len(items), n_patches, n_sources, dtype=torch.bool)
+    for b, it in enumerate(items):
+        for k, seed in enumerate(it["seeds"]):
+            zones[b, k, seed_zone(adjacency, int(seed), it["patches"])] = True
+    return zones
 
 
 # -- model -------------------------------------------------------------------------
@@ -164,7 +196,7 @@ def validate(module, cfg, val, L, K, device):
     geo = val.geometry
     for start in range(0, len(val), 16):
         idx = range(start, min(start + 16, len(val)))
-        Y, X = _batch([val], idx)
+        Y, X, _ = _batch([val], idx)
         Y, X = Y.to(device), X.to(device)
         X0 = _X0(cfg, Y, L, K, 0, module.prior)
         if cfg.stage == "prior":
@@ -184,16 +216,20 @@ def validate(module, cfg, val, L, K, device):
 
 
 # -- Φ pre-training ------------------------------------------------------------------
-def prior_loss(prior, X, X0, time_weight=0.0):
+def prior_loss(prior, X, X0, time_weight=0.0, zones=None, patch_weight=0.0):
     """Denoising-autoencoder loss ``(1 − cos(X, Φ(X0))) + (1 − cos(X, Φ(X)))``.
 
     ``time_weight`` adds that multiple of
-    :func:`~mne_learned_mm.solver.objective.time_course_mismatch` of ``Φ(X0)``.
+    :func:`~mne_learned_mm.solver.objective.time_course_mismatch` of ``Φ(X0)``,
+    ``patch_weight`` that of :func:`~mne_learned_mm.solver.objective.patch_mismatch`
+    (needs ``zones``).
     """
     denoised = prior(X0)
     loss = (1 - cosine_similarity(X, denoised)) + (1 - cosine_similarity(X, prior(X)))
     if time_weight:
         loss = loss + time_weight * time_course_mismatch(X, denoised)
+    if patch_weight:
+        loss = loss + patch_weight * patch_mismatch(X, denoised, zones)
     return loss.mean()
 
 
@@ -204,10 +240,9 @@ def pretrain_prior(module, cfg, train, L, K, device, n_steps):
     rng = np.random.default_rng(cfg.seed + 1)
     for step in range(n_steps):
         idx = rng.integers(0, cfg.n_train, cfg.batch_size)
-        Y, X = _batch(train, idx, step)
-        Y, X = Y.to(device), X.to(device)
+        Y, X, zones = _to(device, *_batch(train, idx, step, zones=bool(cfg.patch_weight)))
         X0 = initial_point(Y, L, "tikhonov", K=K)
-        loss = prior_loss(prior, X, X0, cfg.time_weight)
+        loss = prior_loss(prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -283,15 +318,16 @@ def train(cfg, *, resume=False, verbose=None):
         module.train()
         losses = []
         for k in steps:
-            Y, X = _batch(train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size],
-                          state["step"])
-            Y, X = Y.to(device), X.to(device)
+            Y, X, zones = _to(device, *_batch(
+                train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size], state["step"],
+                zones=bool(cfg.patch_weight)))
             X0 = _X0(cfg, Y, L, K, state["step"], module.prior)
             if cfg.stage == "prior":
-                loss = prior_loss(module.prior, X, X0, cfg.time_weight)
+                loss = prior_loss(module.prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
             else:
                 X_hat, _ = net(Y, L, X0=X0, create_graph=True)
-                loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight)
+                loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight,
+                                  zones=zones, patch_weight=cfg.patch_weight)
             opt.zero_grad()
             loss.backward()
             if cfg.grad_clip:
