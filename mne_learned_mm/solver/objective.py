@@ -246,8 +246,8 @@ def time_course_mismatch(X_true, X_hat, eps=DEFAULT_EPS):
         Between 0 (the estimate is zero where the truth is and has the right
         time courses up to positive per-source factors) and 2.
     """
-    e_true, e_hat = (X_true**2).sum(-1), (X_hat**2).sum(-1)
-    cos_t = (X_true * X_hat).sum(-1) / (torch.sqrt(e_true + eps**2) * torch.sqrt(e_hat + eps**2))
+    e_true, e_hat, inner = _per_source_products(X_true, X_hat)
+    cos_t = _cosine_from_products(inner, e_true, e_hat, eps)
     weights = 0.5 * (e_true / (e_true.sum(-1, keepdim=True) + eps**2)
                      + e_hat / (e_hat.sum(-1, keepdim=True) + eps**2))
     return (weights * (1.0 - cos_t)).sum(-1)
@@ -280,9 +280,17 @@ def patch_mismatch(X_true, X_hat, zones, eps=DEFAULT_EPS):
         Between 0 and 2; 0 for a sample without patches.
     """
     mask = zones.to(X_true.dtype)
-    e_true = torch.einsum("bks,bst->bk", mask, X_true**2)
-    e_hat = torch.einsum("bks,bst->bk", mask, X_hat**2)
-    inner = torch.einsum("bks,bst->bk", mask, X_true * X_hat)
-    cos = inner / (torch.sqrt(e_true + eps**2) * torch.sqrt(e_hat + eps**2))
+    e_true, e_hat, inner = (mask @ p.unsqueeze(-1) for p in _per_source_products(X_true, X_hat))
+    cos = _cosine_from_products(inner, e_true, e_hat, eps).squeeze(-1)
     valid = zones.any(-1).to(X_true.dtype)
     return ((1.0 - cos) * valid).sum(-1) / valid.sum(-1).clamp(min=1.0)
+
+
+def _per_source_products(X_true, X_hat):
+    """Per source, over time: ``‖X[s]‖²``, ``‖X̂[s]‖²``, ``<X[s], X̂[s]>`` (n_batch, n_sources)."""
+    return (X_true**2).sum(-1), (X_hat**2).sum(-1), (X_true * X_hat).sum(-1)
+
+
+def _cosine_from_products(inner, e_true, e_hat, eps):
+    """``<a, b> / (sqrt(‖a‖² + eps²) sqrt(‖b‖² + eps²))`` from the products."""
+    return inner / (torch.sqrt(e_true + eps**2) * torch.sqrt(e_hat + eps**2))

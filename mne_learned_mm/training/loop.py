@@ -196,8 +196,7 @@ def validate(module, cfg, val, L, K, device):
     geo = val.geometry
     for start in range(0, len(val), 16):
         idx = range(start, min(start + 16, len(val)))
-        Y, X, _ = _batch([val], idx)
-        Y, X = Y.to(device), X.to(device)
+        Y, X, _ = _to(device, *_batch([val], idx))
         X0 = _X0(cfg, Y, L, K, 0, module.prior)
         if cfg.stage == "prior":
             X_hat = module.prior(X0)
