@@ -141,6 +141,24 @@ def test_random_sign_and_odd_prior(small_fwd_fname, tmp_path):
     assert load_model(out)[0].module.prior.odd
 
 
+def test_patch_order_reaches_every_training_kind(small_fwd_fname):
+    from mne_learned_mm.training.__main__ import _parser
+
+    fwd = _load_forward(TrainConfig(fwd=small_fwd_fname))
+    cfg = TrainConfig(fwd=small_fwd_fname, data="sereega+evoked", n_train=12, n_val=2,
+                      patch_order=(0, 0))
+    train_sets, val = _datasets(cfg, fwd)
+    for ds in train_sets:  # single dipoles in both kinds, sereega and evoked
+        assert ds.config.order == (0, 0)
+        assert all(len(p) == 1 for i in range(len(ds)) for p in ds[i]["patches"])
+    assert val.config.order == (1, 5)  # validation keeps the benchmark protocol
+    default = _datasets(TrainConfig(fwd=small_fwd_fname, n_train=4, n_val=2), fwd)[0][0]
+    assert any(len(p) > 1 for i in range(len(default)) for p in default[i]["patches"])
+    args = _parser().parse_args(["--patch-order", "[0, 5]"])
+    assert TrainConfig.from_dict(json.loads(json.dumps({"patch_order": args.patch_order})))\
+        .patch_order == (0, 5)
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

@@ -21,7 +21,7 @@ def _parser():
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, (dict, tuple)) or f.name == "snr_db":
+        if isinstance(default, (dict, tuple)) or f.name in ("snr_db", "patch_order"):
             parser.add_argument(flag, type=json.loads, default=default,
                                 help=f"JSON (default: {json.dumps(default)})")
         elif isinstance(default, bool):

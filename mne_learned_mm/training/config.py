@@ -21,6 +21,7 @@ class TrainConfig:
     snr_db: tuple = (0.0, 15.0)
     seed: int = 0
     random_sign: bool = False  #: draw each SEREEGA/NMM patch's polarity at random
+    patch_order: tuple | None = None  #: patch order range of all kinds; None = (1, 5)
     # solver / model
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
     solver: dict = field(default_factory=dict)  #: kwargs of the solver config
@@ -55,6 +56,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"Unknown TrainConfig fields: {sorted(unknown)}")
         d = dict(d)
-        if "snr_db" in d and isinstance(d["snr_db"], list):
-            d["snr_db"] = tuple(d["snr_db"])
+        for key in ("snr_db", "patch_order"):
+            if isinstance(d.get(key), list):
+                d[key] = tuple(d[key])
         return cls(**d)

@@ -69,11 +69,14 @@ def _load_forward(cfg):
 MIXTURES = {"mix": ("sereega", "nmm"), "sereega+evoked": ("sereega", "evoked")}
 
 
-def _simulation_config(kind, sfreq, random_sign=False):
+def _simulation_config(kind, sfreq, random_sign=False, patch_order=None):
     """Simulation config of ``kind``: evoked windows at the model's rate (their
     components always have random polarities); SEREEGA / NMM patches with
-    random polarities if ``random_sign``."""
+    random polarities if ``random_sign``; patches of ``patch_order`` rings
+    (inclusive range; 0 is a single dipole) instead of the kind's default."""
     changes = {"random_sign": True} if random_sign else {}
+    if patch_order is not None:
+        changes["order"] = tuple(patch_order)
     if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
         changes.update(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
     return default_config(kind, **changes) if changes else None
@@ -84,7 +87,8 @@ def _datasets(cfg, fwd):
     sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
                               snr_db=cfg.snr_db,
-                              config=_simulation_config(k, sfreq, cfg.random_sign))
+                              config=_simulation_config(k, sfreq, cfg.random_sign,
+                                                        cfg.patch_order))
              for k in kinds]
     val = SimulatedDataset(fwd, kind=kinds[0], n_samples=cfg.n_val, seed=cfg.seed + 10_000,
                            start=0, snr_db=5.0)
