@@ -282,6 +282,16 @@ def test_channel_dropout(fwd_small):
     assert 5 < np.mean(n_dropped) < 50
 
 
+def test_channel_dropout_interval(fwd_small):
+    ds = SimulatedDataset(fwd_small, "sereega", n_samples=40, channel_dropout=(0.0, 0.6))
+    kept = np.array([ds[i]["mask"].sum() for i in range(40)])
+    assert kept.max() >= 80 and kept.min() <= 55  # the probability varies per sample
+    assert ds.describe()["channel_dropout"] == [0.0, 0.6]
+    for bad in (1.0, -0.1, (0.5, 0.2), (0.1, 0.2, 0.3)):
+        with pytest.raises(ValueError, match="channel_dropout"):
+            SimulatedDataset(fwd_small, "sereega", n_samples=2, channel_dropout=bad)
+
+
 # --------------------------------------------------------------------------- neural mass
 def test_jansen_rit_alpha():
     # standard Jansen & Rit (1995) input: p around 220 pulses/s

@@ -159,6 +159,26 @@ def test_patch_order_reaches_every_training_kind(small_fwd_fname):
         .patch_order == (0, 5)
 
 
+def test_channel_dropout_prior_stage(small_fwd_fname, tmp_path, monkeypatch):
+    from mne_learned_mm.training import loop
+
+    calls = []
+    masked = loop.masked_leadfield
+    monkeypatch.setattr(loop, "masked_leadfield", lambda L, keep: calls.append(keep) or
+                        masked(L, keep))
+    fwd = _load_forward(TrainConfig(fwd=small_fwd_fname))
+    cfg = _cfg(small_fwd_fname, tmp_path / "drop", epochs=1, stage="prior",
+               channel_dropout=(0.2, 0.5))
+    train_sets = _datasets(cfg, fwd)[0]
+    assert train_sets[0].channel_dropout == (0.2, 0.5)
+    assert not all(train_sets[0][i]["mask"].all() for i in range(4))
+    out = train(cfg)
+    assert calls and not all(k.all() for k in calls)  # starts on each sample's own channels
+    assert json.loads((out / "config.json").read_text())["train"]["channel_dropout"] == [0.2, 0.5]
+    with pytest.raises(ValueError, match="prior stage"):
+        train(_cfg(small_fwd_fname, tmp_path / "bad", channel_dropout=0.3))
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

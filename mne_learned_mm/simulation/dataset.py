@@ -57,6 +57,15 @@ def _check_kind(kind):
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+def _check_dropout(p):
+    values = np.atleast_1d(np.asarray(p, float))
+    if values.size not in (1, 2) or not ((values >= 0) & (values < 1)).all() or \
+            values[0] > values[-1]:
+        raise ValueError("channel_dropout must be a probability in [0, 1) or an interval "
+                         f"(low, high) of such probabilities, got {p}")
+    return tuple(float(v) for v in values) if np.ndim(p) else float(p)
+
+
 def _check_config(kind, config):
     config = default_config(kind) if config is None else config
     if not isinstance(config, _CONFIGS[kind]):
@@ -150,9 +159,10 @@ class SimulatedDataset(torch.utils.data.Dataset):
     noise : NoiseConfig | None
         Noise composition; ``None`` is white noise (plus brain background for
         ``"evoked"``).
-    channel_dropout : float
+    channel_dropout : float | tuple of float
         Probability of dropping each channel (data zeroed, kept channels
-        re-referenced to their average; see ``mask``).
+        re-referenced to their average; see ``mask``), or an interval to draw
+        it from for each sample.
     info : mne.Info | None
         Channels to simulate (good EEG channels of ``info``, in its order);
         ``None`` uses the EEG channels of ``fwd``.
@@ -186,9 +196,7 @@ class SimulatedDataset(torch.utils.data.Dataset):
         self.config = _check_config(kind, config)
         self.noise = default_noise(kind) if noise is None else noise
         self.snr_db = _DEFAULT_SNR[kind] if snr_db is None else snr_db
-        if not 0.0 <= channel_dropout < 1.0:
-            raise ValueError(f"channel_dropout must be in [0, 1), got {channel_dropout}")
-        self.channel_dropout = float(channel_dropout)
+        self.channel_dropout = _check_dropout(channel_dropout)
         self.n_samples, self.seed, self.start = int(n_samples), int(seed), int(start)
         L, self.ch_names = make_leadfield(fwd, info, return_ch_names=True)
         self._L64 = L
@@ -237,7 +245,9 @@ class SimulatedDataset(torch.utils.data.Dataset):
         return dict(kind=self.kind, seed=self.seed, start=self.start,
                     n_samples=self.n_samples,
                     snr_db=list(self.snr_db) if np.ndim(self.snr_db) else self.snr_db,
-                    channel_dropout=self.channel_dropout, config=asdict(self.config),
+                    channel_dropout=list(self.channel_dropout)
+                    if np.ndim(self.channel_dropout) else self.channel_dropout,
+                    config=asdict(self.config),
                     noise=asdict(self.noise), sfreq=self.sfreq, tmin=self.tmin,
                     ch_names=list(self.ch_names), n_sources=self.geometry.n_sources)
 

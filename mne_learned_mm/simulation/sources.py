@@ -118,8 +118,9 @@ def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_d
     snr : float | tuple of float
         SNR in dB, or an interval to draw it from uniformly.
     noise : NoiseConfig
-    channel_dropout : float
-        Probability of dropping each channel.
+    channel_dropout : float | tuple of float
+        Probability of dropping each channel, or an interval to draw that
+        probability from uniformly for each sample.
     dtype : numpy dtype
         Type of ``Y`` and ``X``.
 
@@ -140,7 +141,9 @@ def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_d
     snr = float(rng.uniform(*snr)) if np.ndim(snr) else float(snr)
     E = scale_to_snr(M, make_noise(rng, L, M.shape[1], noise), snr)
     Y = M + E
-    mask = channel_dropout_mask(rng, L.shape[0], channel_dropout)
+    p_drop = float(rng.uniform(*channel_dropout)) if np.ndim(channel_dropout) else \
+        float(channel_dropout)
+    mask = channel_dropout_mask(rng, L.shape[0], p_drop)
     if not mask.all():
         Y = apply_channel_mask(Y, mask)
     return dict(Y=Y.astype(dtype, copy=False),

@@ -16,22 +16,59 @@ def tikhonov_operator(L, reg=1.0 / 9.0):
     """Minimum-norm operator ``K = Lᵀ (L Lᵀ + λ I)⁻¹``.
 
     ``λ = reg · tr(L Lᵀ) / n`` so that ``reg`` is scale free (1/9 is MNE's
-    ``lambda2`` for an SNR of 3).
+    ``lambda2`` for an SNR of 3); ``n`` counts the non-zero rows of ``L``
+    (zero rows are dropped channels, see :func:`masked_leadfield`).
 
     Parameters
     ----------
-    L : Tensor, shape (n_sensors, n_sources)
+    L : Tensor, shape (n_sensors, n_sources) | (n_batch, n_sensors, n_sources)
+        One leadfield, or one per sample.
     reg : float
 
     Returns
     -------
-    K : Tensor, shape (n_sources, n_sensors)
+    K : Tensor, shape (n_sources, n_sensors) | (n_batch, n_sources, n_sensors)
     """
-    gram = L @ L.T
-    n = gram.shape[0]
-    lam = reg * torch.trace(gram) / n
-    eye = torch.eye(n, dtype=L.dtype, device=L.device)
-    return torch.linalg.solve(gram + lam * eye, L).T
+    gram = L @ L.mT
+    n = (L.abs().amax(-1) > 0).sum(-1).clamp_min(1)
+    lam = reg * torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1) / n
+    eye = torch.eye(gram.shape[-1], dtype=L.dtype, device=L.device)
+    return torch.linalg.solve(gram + lam[..., None, None] * eye, L).mT
+
+
+def masked_leadfield(L, keep):
+    """Leadfield of each sample's kept channels, average-referenced over them.
+
+    Rows of dropped channels are zero, like the data of
+    :func:`~mne_learned_mm.simulation.noise.apply_channel_mask`.
+
+    Parameters
+    ----------
+    L : Tensor, shape (n_sensors, n_sources)
+        Average-referenced leadfield of all channels.
+    keep : Tensor of bool, shape (n_batch, n_sensors)
+
+    Returns
+    -------
+    L_b : Tensor, shape (n_batch, n_sensors, n_sources)
+    """
+    w = keep.to(L.dtype)[..., None]
+    mean = (L[None] * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
+    return (L[None] - mean) * w
+
+
+def kept_channels(Y):
+    """Channels with any non-zero sample: False where a channel was dropped (zeroed).
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+
+    Returns
+    -------
+    keep : Tensor of bool, shape (n_batch, n_sensors)
+    """
+    return Y.abs().amax(-1) > 0
 
 
 def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale=1e-3,
@@ -46,8 +83,9 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
         ``"random"``: ``scale · N(0, 1)`` from ``seed`` (the paper's start).
         ``"tikhonov"``: ``K Y`` normalised to unit norm per sample.
         ``"prior"``: ``Φ(K Y / ‖K Y‖)`` normalised to unit norm per sample.
-    K : Tensor, shape (n_sources, n_sensors) | None
-        Precomputed :func:`tikhonov_operator`.
+    K : Tensor, shape (n_sources, n_sensors) | (n_batch, n_sources, n_sensors) | None
+        Precomputed :func:`tikhonov_operator` (one per sample for the
+        ``"tikhonov"`` and ``"prior"`` starts of samples with their own channels).
     prior : callable | None
         The autoencoder Φ, needed for ``"prior"``.
 
@@ -64,7 +102,7 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
     if kind not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {kind!r}")
     K = tikhonov_operator(L, reg) if K is None else K
-    X0 = _unit(torch.einsum("sn,bnt->bst", K, Y))
+    X0 = _unit(torch.einsum("sn,bnt->bst" if K.dim() == 2 else "bsn,bnt->bst", K, Y))
     if kind == "prior":
         if prior is None:
             raise ValueError('init="prior" needs the autoencoder Φ (prior=...)')

@@ -22,6 +22,8 @@ class TrainConfig:
     seed: int = 0
     random_sign: bool = False  #: draw each SEREEGA/NMM patch's polarity at random
     patch_order: tuple | None = None  #: patch order range of all kinds; None = (1, 5)
+    #: channel-drop probability (or interval, drawn per sample); prior stage only
+    channel_dropout: float | tuple = 0.0
     # solver / model
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
     solver: dict = field(default_factory=dict)  #: kwargs of the solver config
@@ -56,7 +58,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"Unknown TrainConfig fields: {sorted(unknown)}")
         d = dict(d)
-        for key in ("snr_db", "patch_order"):
+        for key in ("snr_db", "patch_order", "channel_dropout"):
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         return cls(**d)

@@ -18,7 +18,13 @@ from .. import __version__
 from ..evaluation.metrics import compute_metrics, seed_zone, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SereegaConfig, SimulatedDataset, default_config
-from ..solver.init import initial_point, normalise_problem, tikhonov_operator
+from ..solver.init import (
+    initial_point,
+    kept_channels,
+    masked_leadfield,
+    normalise_problem,
+    tikhonov_operator,
+)
 from ..solver.objective import (
     cosine_similarity,
     patch_mismatch,
@@ -86,7 +92,7 @@ def _datasets(cfg, fwd):
     kinds = list(MIXTURES.get(cfg.data, [cfg.data]))
     sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
-                              snr_db=cfg.snr_db,
+                              snr_db=cfg.snr_db, channel_dropout=cfg.channel_dropout,
                               config=_simulation_config(k, sfreq, cfg.random_sign,
                                                         cfg.patch_order))
              for k in kinds]
@@ -157,10 +163,14 @@ def _data_sfreq(cfg):
     return default_config(cfg.data).sfreq
 
 
-def _X0(cfg, Y, L, K, step, prior=None):
+def _X0(cfg, Y, L, K, step, prior=None, own_channels=False):
+    """Start of the solve; ``own_channels``: each sample's Tikhonov operator on the
+    channels its data kept (channel dropout)."""
     if cfg.init == "random":
         return initial_point(Y, L, "random", seed=step)
     kind = "tikhonov" if cfg.stage == "prior" else cfg.init
+    if own_channels:
+        K = tikhonov_operator(masked_leadfield(L, kept_channels(Y)), cfg.init_reg)
     return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, prior=prior)
 
 
@@ -294,6 +304,9 @@ def train(cfg, *, resume=False, verbose=None):
         net = torch.nn.parallel.DistributedDataParallel(module)
     if cfg.stage not in ("bilevel", "prior"):
         raise ValueError(f'stage must be "bilevel" or "prior", got {cfg.stage!r}')
+    if cfg.channel_dropout and (cfg.stage != "prior" or cfg.pretrain_phi_steps):
+        raise ValueError("channel_dropout is supported in the prior stage (stage='prior', "
+                         "no pretrain_phi_steps): the MM solves share one leadfield per batch")
     params = module.prior.parameters() if cfg.stage == "prior" else module.parameters()
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps_per_epoch = cfg.n_train // (cfg.batch_size * world)
@@ -324,7 +337,8 @@ def train(cfg, *, resume=False, verbose=None):
             Y, X, zones = _to(device, *_batch(
                 train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size], state["step"],
                 zones=bool(cfg.patch_weight)))
-            X0 = _X0(cfg, Y, L, K, state["step"], module.prior)
+            X0 = _X0(cfg, Y, L, K, state["step"], module.prior,
+                     own_channels=bool(cfg.channel_dropout))
             if cfg.stage == "prior":
                 loss = prior_loss(module.prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
             else:

@@ -1,0 +1,57 @@
+"""Starting points: the Tikhonov operator, one per sample for dropped channels."""
+
+import numpy as np
+import torch
+
+from mne_learned_mm.simulation.noise import apply_channel_mask
+from mne_learned_mm.solver.init import (
+    initial_point,
+    kept_channels,
+    masked_leadfield,
+    tikhonov_operator,
+)
+
+
+def _problem(n=12, s=30, b=3, t=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    L = torch.randn(n, s, generator=gen, dtype=torch.float64)
+    Y = torch.randn(b, n, t, generator=gen, dtype=torch.float64)
+    return L - L.mean(0), Y - Y.mean(1, keepdim=True)
+
+
+def test_tikhonov_operator_closed_form_and_batched():
+    L, _ = _problem()
+    reg = 0.3
+    Ln = L.numpy()
+    lam = reg * np.trace(Ln @ Ln.T) / Ln.shape[0]
+    expected = Ln.T @ np.linalg.inv(Ln @ Ln.T + lam * np.eye(Ln.shape[0]))
+    np.testing.assert_allclose(tikhonov_operator(L, reg).numpy(), expected, rtol=1e-10)
+    stacked = torch.stack([L, 2 * L])
+    batched = tikhonov_operator(stacked, reg)
+    assert batched.shape == (2, 30, 12)
+    np.testing.assert_allclose(batched[0].numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(batched[1].numpy(), expected / 2, rtol=1e-10)  # scale free
+
+
+def test_start_on_each_samples_kept_channels():
+    L, Y = _problem()
+    mask = np.ones((3, 12), bool)
+    mask[1, [2, 5, 7]] = False
+    mask[2, :6] = False
+    Ym = torch.stack([torch.as_tensor(apply_channel_mask(Y[b].numpy(), mask[b]))
+                      for b in range(3)])
+    keep = kept_channels(Ym)
+    np.testing.assert_array_equal(keep.numpy(), mask)
+    L_b = masked_leadfield(L, keep)
+    assert not L_b[2, :6].any()
+    X0 = initial_point(Ym, L, K=tikhonov_operator(L_b))
+    # all channels kept: the shared operator
+    torch.testing.assert_close(X0[:1], initial_point(Ym[:1], L, K=tikhonov_operator(L)))
+    # channels dropped: the same as a forward of the kept channels only, re-referenced
+    for b in (1, 2):
+        L_kept = L[mask[b]] - L[mask[b]].mean(0)
+        expected = initial_point(Ym[b:b + 1, mask[b]], L_kept, K=tikhonov_operator(L_kept))
+        torch.testing.assert_close(X0[b:b + 1], expected)
+    # the shared operator on dropped-channel data is a different (wrong) start
+    shared = initial_point(Ym, L, K=tikhonov_operator(L))
+    assert not torch.allclose(shared[2], X0[2], atol=1e-3)
