@@ -60,6 +60,14 @@ class LearnedMMInverse:
         iteration, ``n_shrinks`` and ``rejected`` (n_batch, n_iter) from the
         descent certificate, ``frac_hi``/``frac_lo`` (fraction of p clipped at
         the bounds) and ``nu_hi`` (the upper bound used).
+
+    Notes
+    -----
+    The learned prior assumes what it was trained on: extended cortical
+    patches (about 1 cm across and larger). A focal, dipole-like source is
+    explained by an extended patch instead, often 1-3 cm away; for such
+    sources sLORETA, eLORETA or a dipole fit localise better (generalization probe in
+    ``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
@@ -280,6 +288,14 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
         Source estimate(s) in A·m, ``subject`` from the forward.
     residual : mne.Evoked | mne.Epochs
         Only if ``return_residual``.
+
+    Notes
+    -----
+    The learned prior assumes what it was trained on: extended cortical
+    patches (about 1 cm across and larger). A focal, dipole-like source is
+    explained by an extended patch instead, often 1-3 cm away; for such
+    sources sLORETA, eLORETA or a dipole fit localise better (generalization probe in
+    ``benchmarks/RESULTS.md``).
     """
     inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device)
     inv.fit(fwd, noise_cov)
