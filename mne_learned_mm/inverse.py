@@ -291,11 +291,8 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
 
     Notes
     -----
-    The learned prior assumes what it was trained on: extended cortical
-    patches (about 1 cm across and larger). A focal, dipole-like source is
-    explained by an extended patch instead, often 1-3 cm away; for such
-    sources sLORETA, eLORETA or a dipole fit localise better (generalization probe in
-    ``benchmarks/RESULTS.md``).
+    The model assumes extended sources; see the Notes of
+    :class:`~mne_learned_mm.LearnedMMInverse` for focal ones.
     """
     inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device)
     inv.fit(fwd, noise_cov)
