@@ -82,14 +82,14 @@ SCENARIOS = {
 
 
 # -- waveforms ------------------------------------------------------------------------------
-def _window(rng, n_times, sfreq):
+def _window(n_times, sfreq):
     times = np.arange(n_times) / sfreq
     return times, times[-1]
 
 
 def erp(rng, k, n_times, sfreq):
     """Gaussian ERPs with independent centres (middle half), widths and signs."""
-    times, dur = _window(rng, n_times, sfreq)
+    times, dur = _window(n_times, sfreq)
     centres = rng.uniform(0.25, 0.75, k) * dur
     widths = rng.uniform(0.04, 0.08, k)
     return gaussian_erp(times, centres, widths)
@@ -97,7 +97,7 @@ def erp(rng, k, n_times, sfreq):
 
 def biphasic(rng, k, n_times, sfreq):
     """Derivative-of-Gaussian (N-P) deflections."""
-    times, dur = _window(rng, n_times, sfreq)
+    times, dur = _window(n_times, sfreq)
     centres = rng.uniform(0.3, 0.7, k) * dur
     sd = rng.uniform(0.006, 0.012, k)
     w = -(times[None] - centres[:, None]) / sd[:, None]
@@ -106,7 +106,7 @@ def biphasic(rng, k, n_times, sfreq):
 
 def burst(rng, k, n_times, sfreq):
     """Oscillatory bursts: 8-30 Hz carrier under a Gaussian envelope."""
-    times, dur = _window(rng, n_times, sfreq)
+    times, dur = _window(n_times, sfreq)
     freq = rng.uniform(8.0, 30.0, k)
     centre = rng.uniform(0.3, 0.7, k) * dur
     sd = rng.uniform(0.04, 0.1, k)
@@ -117,7 +117,7 @@ def burst(rng, k, n_times, sfreq):
 
 def sustained(rng, k, n_times, sfreq):
     """Plateaus with 20-50 ms sigmoid onsets and offsets."""
-    times, dur = _window(rng, n_times, sfreq)
+    times, dur = _window(n_times, sfreq)
     on = rng.uniform(0.1, 0.4, k) * dur
     off = on + rng.uniform(0.3, 0.5, k) * dur
     rise = rng.uniform(0.02, 0.05, k)[:, None] / 4
