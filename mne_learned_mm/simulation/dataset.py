@@ -66,6 +66,11 @@ def _check_dropout(p):
     return tuple(float(v) for v in values) if np.ndim(p) else float(p)
 
 
+def _json_range(value):
+    """A number as is, an interval as a list (JSON)."""
+    return list(value) if np.ndim(value) else value
+
+
 def _check_config(kind, config):
     config = default_config(kind) if config is None else config
     if not isinstance(config, _CONFIGS[kind]):
@@ -244,9 +249,8 @@ class SimulatedDataset(torch.utils.data.Dataset):
         """
         return dict(kind=self.kind, seed=self.seed, start=self.start,
                     n_samples=self.n_samples,
-                    snr_db=list(self.snr_db) if np.ndim(self.snr_db) else self.snr_db,
-                    channel_dropout=list(self.channel_dropout)
-                    if np.ndim(self.channel_dropout) else self.channel_dropout,
+                    snr_db=_json_range(self.snr_db),
+                    channel_dropout=_json_range(self.channel_dropout),
                     config=asdict(self.config),
                     noise=asdict(self.noise), sfreq=self.sfreq, tmin=self.tmin,
                     ch_names=list(self.ch_names), n_sources=self.geometry.n_sources)

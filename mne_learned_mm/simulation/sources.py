@@ -138,15 +138,18 @@ def simulate_sample(rng, geometry, L, config, waveform_fn, snr, noise, channel_d
     waveforms = waveform_fn(rng, len(seeds))
     profiles, G = patch_gain(geometry, L, seeds, patches)
     M = G @ waveforms
-    snr = float(rng.uniform(*snr)) if np.ndim(snr) else float(snr)
+    snr = _value_or_draw(rng, snr)
     E = scale_to_snr(M, make_noise(rng, L, M.shape[1], noise), snr)
     Y = M + E
-    p_drop = float(rng.uniform(*channel_dropout)) if np.ndim(channel_dropout) else \
-        float(channel_dropout)
-    mask = channel_dropout_mask(rng, L.shape[0], p_drop)
+    mask = channel_dropout_mask(rng, L.shape[0], _value_or_draw(rng, channel_dropout))
     if not mask.all():
         Y = apply_channel_mask(Y, mask)
     return dict(Y=Y.astype(dtype, copy=False),
                 X=source_matrix(geometry.n_sources, patches, profiles, waveforms, dtype),
                 M=M, E=E, seeds=seeds, orders=orders, patches=patches, mask=mask,
                 snr_db=snr)
+
+
+def _value_or_draw(rng, value):
+    """``value``, or a uniform draw from it when it is an interval ``(low, high)``."""
+    return float(rng.uniform(*value)) if np.ndim(value) else float(value)

@@ -11,11 +11,8 @@ import sys
 
 import mne
 
-from .config import TrainConfig
+from .config import RANGE_FIELDS, TrainConfig
 from .loop import train
-
-#: fields given as JSON on the command line (a number or an interval, a range or null)
-_JSON_FIELDS = ("snr_db", "patch_order", "channel_dropout")
 
 
 def _parser():
@@ -24,7 +21,7 @@ def _parser():
     for f in dataclasses.fields(TrainConfig):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, (dict, tuple)) or f.name in _JSON_FIELDS:
+        if isinstance(default, (dict, tuple)) or f.name in RANGE_FIELDS:
             parser.add_argument(flag, type=json.loads, default=default,
                                 help=f"JSON (default: {json.dumps(default)})")
         elif isinstance(default, bool):

@@ -4,6 +4,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+#: fields that hold a number or an interval (a tuple; JSON lists on disk and on the CLI)
+RANGE_FIELDS = ("snr_db", "patch_order", "channel_dropout")
+
 
 @dataclass
 class TrainConfig:
@@ -58,7 +61,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"Unknown TrainConfig fields: {sorted(unknown)}")
         d = dict(d)
-        for key in ("snr_db", "patch_order", "channel_dropout"):
+        for key in RANGE_FIELDS:
             if isinstance(d.get(key), list):
                 d[key] = tuple(d[key])
         return cls(**d)
