@@ -97,6 +97,27 @@ def test_odd_prior_is_odd_and_shares_the_network():
     assert torch.autograd.gradcheck(lambda x: lower_cost(x, Y, L, odd, lam=0.7), (X,))
 
 
+@pytest.mark.parametrize("odd", [False, True])
+def test_grown_prior_computes_the_same_function(odd):
+    L, Y, X, prior = _problem(2)
+    narrow = ConvAutoencoder(N_SOURCES, 6, 3, 0.1, odd=odd).double()
+    narrow.load_state_dict(prior.state_dict())
+    wide = ConvAutoencoder(N_SOURCES, 11, 3, 0.1, odd=odd).double()
+    fresh = wide.conv1.weight[6:].clone()
+    wide.load_narrower_state_dict(narrow.state_dict())
+    torch.testing.assert_close(wide(X), narrow(X), rtol=0, atol=1e-13)
+    torch.testing.assert_close(lower_cost(X, Y, L, wide), lower_cost(X, Y, L, narrow))
+    assert torch.equal(wide.conv1.weight[6:], fresh)  # the new units keep their inputs
+    assert not wide.conv3.weight[:, 6:].any()  # and start silent
+    # and training reaches them: the output weights of the new units get a gradient
+    (1 - cosine_similarity(X, wide(X))).sum().backward()
+    assert wide.conv3.weight.grad[:, 6:].abs().sum() > 0
+    for bad in (ConvAutoencoder(N_SOURCES, 4, 3, 0.1), ConvAutoencoder(N_SOURCES, 11, 5, 0.1),
+                ConvAutoencoder(N_SOURCES + 1, 11, 3, 0.1)):
+        with pytest.raises(ValueError, match="Cannot grow"):
+            bad.load_narrower_state_dict(narrow.state_dict())
+
+
 def _conv_matrix(weight, n_times):
     c_in = weight.shape[1]
     eye = torch.eye(c_in * n_times, dtype=weight.dtype).view(-1, c_in, n_times)

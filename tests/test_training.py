@@ -179,6 +179,29 @@ def test_channel_dropout_prior_stage(small_fwd_fname, tmp_path, monkeypatch):
         train(_cfg(small_fwd_fname, tmp_path / "bad", channel_dropout=0.3))
 
 
+def test_init_from_a_narrower_prior_grows_it(small_fwd_fname, tmp_path):
+    from mne_learned_mm.pretrained import build_solver
+    from mne_learned_mm.training.loop import _load_init
+
+    small = train(_cfg(small_fwd_fname, tmp_path / "small", epochs=1))
+    solver = dict(TINY_SOLVER, prior_hidden=2 * TINY_SOLVER["prior_hidden"])
+    n_sources = json.loads((small / "config.json").read_text())["n_sources"]
+    module = build_solver("mm", solver, n_sources)
+    _load_init(module, small)
+    ref = load_model(small)[0].module
+    X = torch.randn(2, n_sources, 9)
+    torch.testing.assert_close(module.prior(X), ref.prior(X), rtol=0, atol=1e-5)
+    ref_state = ref.state_dict()
+    for k, v in module.state_dict().items():
+        if k.startswith("curvature."):
+            assert torch.equal(v, ref_state[k]), k
+    out = train(_cfg(small_fwd_fname, tmp_path / "grown", epochs=1, stage="prior",
+                     init_from=str(small), solver=solver))
+    grown = _weights(out)["prior.conv3.weight"]
+    assert grown.shape[1] == solver["prior_hidden"]
+    assert grown[:, TINY_SOLVER["prior_hidden"]:].abs().sum() > 0  # the new units trained
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

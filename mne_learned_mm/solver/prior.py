@@ -240,6 +240,38 @@ class ConvAutoencoder(nn.Module):
     def extra_repr(self):
         return "odd=True" if self.odd else ""
 
+    @torch.no_grad()
+    def load_narrower_state_dict(self, state_dict):
+        """Load the weights of a narrower Φ so that this one computes the same function.
+
+        The narrower network's ``h`` hidden units become the first ``h`` of
+        each hidden layer; the extra units keep their initial input weights,
+        feed nothing into the old units, and have zero output weights, so
+        ``Φ`` is unchanged until training gives them a role (growing a
+        trained Φ instead of training a wide one from scratch).
+
+        Parameters
+        ----------
+        state_dict : dict of str -> Tensor
+            Weights of a :class:`ConvAutoencoder` with the same number of
+            sources and kernel size and a hidden width ``h`` ≤ this one's.
+        """
+        old = state_dict["conv1.weight"].shape
+        new = self.conv1.weight.shape
+        if old[1:] != new[1:] or old[0] > new[0]:
+            raise ValueError(f"Cannot grow a prior with conv1 weights of shape {tuple(old)} "
+                             f"into one of shape {tuple(new)}: sources and kernel size must "
+                             "match and the width may only grow")
+        h = old[0]
+        self.conv1.weight[:h] = state_dict["conv1.weight"]
+        self.conv1.bias[:h] = state_dict["conv1.bias"]
+        self.conv2.weight[:h, :h] = state_dict["conv2.weight"]
+        self.conv2.weight[:h, h:] = 0.0  # the old units do not see the new ones
+        self.conv2.bias[:h] = state_dict["conv2.bias"]
+        self.conv3.weight[:, :h] = state_dict["conv3.weight"]
+        self.conv3.weight[:, h:] = 0.0  # the new units start silent
+        self.conv3.bias[:] = state_dict["conv3.bias"]
+
     def layer_norms(self, differentiable=False):
         """Certified bounds on the operator norms of the three convolutions.
 

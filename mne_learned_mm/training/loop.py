@@ -174,6 +174,22 @@ def _X0(cfg, Y, L, K, step, prior=None, own_channels=False):
     return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, prior=prior)
 
 
+def _load_init(module, init_from):
+    """Start from a trained model's weights; a narrower Φ is grown to this width
+    (:meth:`~mne_learned_mm.solver.prior.ConvAutoencoder.load_narrower_state_dict`)."""
+    from ..pretrained import load_state
+
+    state = load_state(init_from)[0]
+    prior = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("prior.")}
+    width = prior.get("conv1.weight", torch.empty(0)).shape[0]
+    if prior and width < module.prior.conv1.out_channels:
+        module.prior.load_narrower_state_dict(prior)
+        state = {k: v for k, v in state.items() if not k.startswith("prior.")}
+        logger.info(f"Grew Φ from {width} to {module.prior.conv1.out_channels} hidden units")
+    missing = module.load_state_dict(state, strict=False)
+    logger.info(f"Initialised from {init_from} ({missing})")
+
+
 # -- checkpoints --------------------------------------------------------------------
 def _rng_state():
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -294,10 +310,7 @@ def train(cfg, *, resume=False, verbose=None):
     K = tikhonov_operator(L, cfg.init_reg)
     module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
     if cfg.init_from:
-        from ..pretrained import load_state
-
-        missing = module.load_state_dict(load_state(cfg.init_from)[0], strict=False)
-        logger.info(f"Initialised from {cfg.init_from} ({missing})")
+        _load_init(module, cfg.init_from)
     mconf = model_config(cfg, fwd, L.shape[1])
     net = module
     if world > 1:
