@@ -182,12 +182,15 @@ def _load_init(module, init_from):
     state = load_state(init_from)[0]
     prior = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("prior.")}
     width = prior.get("conv1.weight", torch.empty(0)).shape[0]
-    if prior and width < module.prior.conv1.out_channels:
+    grown = bool(prior) and width < module.prior.conv1.out_channels
+    if grown:
         module.prior.load_narrower_state_dict(prior)
         state = {k: v for k, v in state.items() if not k.startswith("prior.")}
         logger.info(f"Grew Φ from {width} to {module.prior.conv1.out_channels} hidden units")
-    missing = module.load_state_dict(state, strict=False)
-    logger.info(f"Initialised from {init_from} ({missing})")
+    keys = module.load_state_dict(state, strict=False)
+    missing = [k for k in keys.missing_keys if not (grown and k.startswith("prior."))]
+    logger.info(f"Initialised from {init_from} (missing: {missing or 'none'}, "
+                f"unexpected: {keys.unexpected_keys or 'none'})")
 
 
 # -- checkpoints --------------------------------------------------------------------
