@@ -205,12 +205,16 @@ class SolverPipeline:
         Starting point, as trained.
     init_reg : float
         Regularisation of the Tikhonov start.
+    init_operator : "tikhonov" | "sloreta"
+        Linear image of the start, as trained (see
+        :func:`~mne_learned_mm.solver.init.tikhonov_operator`).
     """
 
-    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0):
+    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0, init_operator="tikhonov"):
         self.module = module
         self.init = init
         self.init_reg = init_reg
+        self.init_operator = init_operator
         self._K = None
 
     def solve(self, Y, L):
@@ -231,7 +235,7 @@ class SolverPipeline:
         Y, L = normalise_problem(Y, L)
         K = None
         if self.init != "random":
-            K = tikhonov_operator(L, self.init_reg)
+            K = tikhonov_operator(L, self.init_reg, self.init_operator)
         with torch.no_grad():
             X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg,
                                prior=self.module.prior)
@@ -273,4 +277,5 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
                          f"{str(exc).splitlines()[0]}") from None
     module.eval().to(device)
     return SolverPipeline(module, config.get("init", "tikhonov"),
-                          config.get("init_reg", 1.0 / 9.0)), config
+                          config.get("init_reg", 1.0 / 9.0),
+                          config.get("init_operator", "tikhonov")), config

@@ -1,6 +1,7 @@
 """Starting points: the Tikhonov operator, one per sample for dropped channels."""
 
 import numpy as np
+import pytest
 import torch
 
 from mne_learned_mm.simulation.noise import apply_channel_mask
@@ -55,3 +56,26 @@ def test_start_on_each_samples_kept_channels():
     # the shared operator on dropped-channel data is a different (wrong) start
     shared = initial_point(Ym, L, K=tikhonov_operator(L))
     assert not torch.allclose(shared[2], X0[2], atol=1e-3)
+
+
+def test_sloreta_operator_standardises_and_locates_single_sources():
+    L, _ = _problem(n=16, s=40)
+    depth = torch.logspace(0, 1.5, 40, dtype=torch.float64)  # superficial to deep: weak to strong
+    L = L / depth
+    reg = 0.2
+    K = tikhonov_operator(L, reg)
+    Ks = tikhonov_operator(L, reg, "sloreta")
+    lam = reg * torch.trace(L @ L.T) / L.shape[0]
+    cov = Ks @ (L @ L.T + lam * torch.eye(16, dtype=L.dtype)) @ Ks.T  # of K Y, Y = L x + n
+    torch.testing.assert_close(torch.diagonal(cov), torch.ones(40, dtype=L.dtype))
+    # a single noise-free source peaks at its own place in the sLORETA image,
+    # not always in the minimum-norm one (which pulls weakly seen, deep sources towards
+    # strongly seen ones)
+    peak = lambda op: (op @ L).abs().argmax(0)  # noqa: E731 (column j: image of source j)
+    assert torch.equal(peak(Ks), torch.arange(40))
+    assert (peak(K) != torch.arange(40)).sum() > 5
+    stacked = tikhonov_operator(torch.stack([L, 3 * L]), reg, "sloreta")
+    torch.testing.assert_close(stacked[0], Ks)
+    torch.testing.assert_close(stacked[1], Ks / 3)  # scale free
+    with pytest.raises(ValueError, match="operator must be one of"):
+        tikhonov_operator(L, reg, "dspm")

@@ -202,6 +202,30 @@ def test_init_from_a_narrower_prior_grows_it(small_fwd_fname, tmp_path):
     assert grown[:, TINY_SOLVER["prior_hidden"]:].abs().sum() > 0  # the new units trained
 
 
+def test_sloreta_start_is_trained_and_kept(small_fwd_fname, tmp_path, monkeypatch):
+    from mne_learned_mm.training import loop
+
+    ops = []
+    op = loop.tikhonov_operator
+    monkeypatch.setattr(loop, "tikhonov_operator",
+                        lambda L, reg, operator="tikhonov": ops.append(operator) or
+                        op(L, reg, operator))
+    out = train(_cfg(small_fwd_fname, tmp_path / "s", epochs=1, stage="prior",
+                     init_operator="sloreta"))
+    assert ops == ["sloreta"]
+    assert json.loads((out / "config.json").read_text())["init_operator"] == "sloreta"
+    pipeline = load_model(out)[0]
+    assert pipeline.init_operator == "sloreta"
+    L = torch.as_tensor(_load_forward(TrainConfig(fwd=small_fwd_fname))["sol"]["data"],
+                        dtype=torch.float32)
+    Y = L[:, :3] @ torch.randn(3, 6)
+    X_s = pipeline.solve(Y[None], L)[0]
+    pipeline.init_operator = "tikhonov"
+    assert not torch.allclose(pipeline.solve(Y[None], L)[0], X_s)  # the start matters
+    with pytest.raises(ValueError, match="operator must be one of"):
+        train(_cfg(small_fwd_fname, tmp_path / "bad", init_operator="dspm"))
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

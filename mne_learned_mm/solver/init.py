@@ -10,30 +10,47 @@ trained as a denoiser of Tikhonov solutions, maps ``K Y`` to a warm start
 import torch
 
 INITS = ("random", "tikhonov", "prior")
+#: linear images that start the solve (or feed Φ): minimum norm or sLORETA
+OPERATORS = ("tikhonov", "sloreta")
 
 
-def tikhonov_operator(L, reg=1.0 / 9.0):
-    """Minimum-norm operator ``K = Lᵀ (L Lᵀ + λ I)⁻¹``.
+def tikhonov_operator(L, reg=1.0 / 9.0, operator="tikhonov"):
+    """Minimum-norm operator ``K = Lᵀ (L Lᵀ + λ I)⁻¹``, or its sLORETA standardisation.
 
     ``λ = reg · tr(L Lᵀ) / n`` so that ``reg`` is scale free (1/9 is MNE's
     ``lambda2`` for an SNR of 3); ``n`` counts the non-zero rows of ``L``
     (zero rows are dropped channels, see :func:`masked_leadfield`).
+
+    ``operator="sloreta"`` divides each row ``i`` of ``K`` by
+    ``sqrt((K L)ᵢᵢ)``: with white noise of variance ``λ`` that is the standard
+    deviation of ``(K Y)ᵢ`` under ``Y = L x + n``, ``x ~ N(0, I)``
+    (``K (L Lᵀ + λ I) Kᵀ = K L``), i.e. sLORETA (Pascual-Marqui, 2002), which
+    locates a single noise-free source exactly and removes the minimum-norm
+    bias towards superficial sources.
 
     Parameters
     ----------
     L : Tensor, shape (n_sensors, n_sources) | (n_batch, n_sensors, n_sources)
         One leadfield, or one per sample.
     reg : float
+    operator : "tikhonov" | "sloreta"
+        The minimum-norm operator or its standardisation (see above).
 
     Returns
     -------
     K : Tensor, shape (n_sources, n_sensors) | (n_batch, n_sources, n_sensors)
     """
+    if operator not in OPERATORS:
+        raise ValueError(f"operator must be one of {OPERATORS}, got {operator!r}")
     gram = L @ L.mT
     n = (L.abs().amax(-1) > 0).sum(-1).clamp_min(1)
     lam = reg * torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1) / n
     eye = torch.eye(gram.shape[-1], dtype=L.dtype, device=L.device)
-    return torch.linalg.solve(gram + lam[..., None, None] * eye, L).mT
+    K = torch.linalg.solve(gram + lam[..., None, None] * eye, L).mT
+    if operator == "sloreta":
+        resolution = (K * L.mT).sum(-1)  # diag(K L), one value per source
+        K = K / resolution.clamp_min(torch.finfo(L.dtype).tiny).sqrt()[..., None]
+    return K
 
 
 def masked_leadfield(L, keep):

@@ -32,6 +32,8 @@ class TrainConfig:
     solver: dict = field(default_factory=dict)  #: kwargs of the solver config
     init: str = "tikhonov"  #: "random" (paper) | "tikhonov" | "prior" (Φ(K Y) warm start)
     init_reg: float = 1.0 / 9.0
+    #: linear image that starts the solve and feeds Φ: "tikhonov" (minimum norm) | "sloreta"
+    init_operator: str = "tikhonov"
     # optimisation
     epochs: int = 10
     batch_size: int = 8
@@ -42,7 +44,8 @@ class TrainConfig:
     patch_weight: float = 0.0  #: weight of the per-patch zone loss term (0 = paper)
     pretrain_phi_steps: int = 0  #: denoising-AE steps for Φ before the bilevel stage
     stage: str = "bilevel"  #: "bilevel" (Alg. 2) | "prior" (Φ alone, denoising AE)
-    init_from: str | None = None  #: model dir whose weights start this run
+    #: model dir whose weights start this run (a narrower Φ is grown to ``prior_hidden``)
+    init_from: str | None = None
     time_budget_min: float | None = None  #: stop (and save) after this many minutes
     # infrastructure
     device: str = "auto"

@@ -147,6 +147,7 @@ def model_config(cfg, fwd, n_sources):
         "solver": dict(cfg.solver),
         "init": cfg.init,
         "init_reg": cfg.init_reg,
+        "init_operator": cfg.init_operator,
         "n_sources": int(n_sources),
         "subject": src._subject,
         "vertices": [s["vertno"].tolist() for s in src],
@@ -170,7 +171,8 @@ def _X0(cfg, Y, L, K, step, prior=None, own_channels=False):
         return initial_point(Y, L, "random", seed=step)
     kind = "tikhonov" if cfg.stage == "prior" else cfg.init
     if own_channels:
-        K = tikhonov_operator(masked_leadfield(L, kept_channels(Y)), cfg.init_reg)
+        K = tikhonov_operator(masked_leadfield(L, kept_channels(Y)), cfg.init_reg,
+                              cfg.init_operator)
     return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, prior=prior)
 
 
@@ -310,7 +312,7 @@ def train(cfg, *, resume=False, verbose=None):
     fwd = _load_forward(cfg)
     train_sets, val = _datasets(cfg, fwd)
     L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1].to(device)
-    K = tikhonov_operator(L, cfg.init_reg)
+    K = tikhonov_operator(L, cfg.init_reg, cfg.init_operator)
     module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
     if cfg.init_from:
         _load_init(module, cfg.init_from)
