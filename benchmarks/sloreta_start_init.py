@@ -30,10 +30,11 @@ def main(src, out):
     L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1]
     reg = config.get("init_reg", 1.0 / 9.0)
     K = tikhonov_operator(L, reg)
-    d = (K * L.mT).sum(-1).sqrt()
+    K_s = tikhonov_operator(L, reg, "sloreta")
+    d = K.norm(dim=1) / K_s.norm(dim=1)  # the per-source standardisation
     Y = _batch(train_sets, range(256))[0]
-    KY = torch.einsum("sn,bnt->bst", K, Y)
-    ratio = (KY / d[:, None]).flatten(1).norm(dim=1) / KY.flatten(1).norm(dim=1)
+    image = lambda op: torch.einsum("sn,bnt->bst", op, Y).flatten(1).norm(dim=1)  # noqa: E731
+    ratio = image(K_s) / image(K)
     scale = d * ratio.median()
     state = dict(state)
     state["prior.conv1.weight"] = state["prior.conv1.weight"] * scale[None, :, None]

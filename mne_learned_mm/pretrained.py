@@ -215,7 +215,6 @@ class SolverPipeline:
         self.init = init
         self.init_reg = init_reg
         self.init_operator = init_operator
-        self._K = None
 
     def solve(self, Y, L):
         """Solve a batch.

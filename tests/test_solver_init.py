@@ -60,7 +60,7 @@ def test_start_on_each_samples_kept_channels():
 
 def test_sloreta_operator_standardises_and_locates_single_sources():
     L, _ = _problem(n=16, s=40)
-    depth = torch.logspace(0, 1.5, 40, dtype=torch.float64)  # superficial to deep: weak to strong
+    depth = torch.logspace(0, 1.5, 40, dtype=torch.float64)  # superficial (strong) to deep (weak)
     L = L / depth
     reg = 0.2
     K = tikhonov_operator(L, reg)
