@@ -118,6 +118,37 @@ def test_grown_prior_computes_the_same_function(odd):
             bad.load_narrower_state_dict(narrow.state_dict())
 
 
+@pytest.mark.parametrize("odd", [False, True])
+def test_context_prior_sees_the_whole_window(odd):
+    L, Y, X, prior = _problem(4, n_times=12)
+    plain = ConvAutoencoder(N_SOURCES, 6, 3, 0.1, odd=odd).double()
+    plain.load_state_dict(prior.state_dict())
+    ctx = ConvAutoencoder(N_SOURCES, 6, 3, 0.1, odd=odd, context=True).double()
+    missing = ctx.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing == ["context.weight"]
+    torch.testing.assert_close(ctx(X), plain(X), rtol=0, atol=0)  # Wc = 0 at construction
+    with torch.no_grad():
+        ctx.context.weight.normal_(generator=torch.Generator().manual_seed(0))
+    # three kernel-3 layers see ±3 samples: the last sample cannot reach the first output
+    # of the plain network, and reaches it through the window mean with context
+    X2 = X.clone()
+    X2[..., -1] += 1.0
+    torch.testing.assert_close(plain(X2)[..., 0], plain(X)[..., 0], rtol=0, atol=0)
+    assert (ctx(X2)[..., 0] - ctx(X)[..., 0]).abs().max() > 1e-3
+    # batched samples keep their own windows
+    torch.testing.assert_close(ctx(X[:1]), ctx(X)[:1])
+    if odd:
+        torch.testing.assert_close(ctx(-X), -ctx(X), rtol=0, atol=1e-14)
+    Xg = X[:2, :, :4].clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: lower_cost(x, Y[:2, :, :4], L, ctx, lam=0.7), (Xg,))
+    # growing keeps the context weights; a context Φ does not load into a plain one
+    wide = ConvAutoencoder(N_SOURCES, 9, 3, 0.1, odd=odd, context=True).double()
+    wide.load_narrower_state_dict(ctx.state_dict())
+    torch.testing.assert_close(wide(X), ctx(X), rtol=0, atol=1e-13)
+    with pytest.raises(ValueError, match="context layer"):
+        ConvAutoencoder(N_SOURCES, 9, 3, 0.1).load_narrower_state_dict(ctx.state_dict())
+
+
 def _conv_matrix(weight, n_times):
     c_in = weight.shape[1]
     eye = torch.eye(c_in * n_times, dtype=weight.dtype).view(-1, c_in, n_times)

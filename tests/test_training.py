@@ -226,6 +226,19 @@ def test_sloreta_start_is_trained_and_kept(small_fwd_fname, tmp_path, monkeypatc
         train(_cfg(small_fwd_fname, tmp_path / "bad", init_operator="dspm"))
 
 
+def test_context_prior_trains_from_a_plain_one(small_fwd_fname, tmp_path):
+    plain = train(_cfg(small_fwd_fname, tmp_path / "p", epochs=1, stage="prior"))
+    solver = dict(TINY_SOLVER, prior_context=True)
+    out = train(_cfg(small_fwd_fname, tmp_path / "c", epochs=1, stage="prior", solver=solver,
+                     init="prior", init_from=str(plain)))
+    state = _weights(out)
+    assert state["prior.context.weight"].abs().sum() > 0  # started at 0, trained
+    pipeline = load_model(out)[0]
+    assert pipeline.module.prior.context is not None
+    torch.testing.assert_close(pipeline.module.prior.context.weight,
+                               state["prior.context.weight"])
+
+
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):
     out = train(_cfg(small_fwd_fname, tmp_path / "u", model="4dvarnet", epochs=1))
     assert json.loads((out / "config.json").read_text())["kind"] == "4dvarnet"

@@ -269,8 +269,7 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
     if rho is None:
         rho = geo.rho
     if alpha is None:
-        w2 = prior.conv2.weight.detach()
-        w2_l1 = w2.abs().sum(dim=(0, 2)).max().item()
+        w2_l1 = prior.second_layer_l1_norm()
         alpha = n3 * (n1**2 * n2**2 + w2_l1 * n1**2) / (2.0 * prior.eps)
     n_sources = X.shape[1]
     mu1 = 5.0 * geo.L_norm**2 / geo.LX_norm**2

@@ -59,6 +59,9 @@ class MMConfig:
         Make Φ odd, ``Φ(−X) = −Φ(X)`` (see
         :class:`~mne_learned_mm.solver.prior.ConvAutoencoder`), so that the
         solver has no preferred source polarity.
+    prior_context : bool
+        Let Φ's second layer see the window's mean activation (see
+        :class:`~mne_learned_mm.solver.prior.ConvAutoencoder`).
     net_even : bool
         Make the curvature prediction even in ``(x, g)`` (see
         :class:`~mne_learned_mm.solver.majorant.CurvatureNet`); with
@@ -90,6 +93,7 @@ class MMConfig:
     prior_kernel: int = 3
     prior_eps: float = 0.01
     prior_odd: bool = False
+    prior_context: bool = False
     net_even: bool = False
     net_hidden: int = 32
     net_kernel: int = 3
@@ -233,7 +237,7 @@ class LearnedMM(nn.Module):
         self.n_sources = n_sources
         if prior is None:
             prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
-                                    cfg.prior_odd)
+                                    cfg.prior_odd, cfg.prior_context)
         if curvature is None:
             curvature = CurvatureNet(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
                                      even=cfg.net_even)

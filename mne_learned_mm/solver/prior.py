@@ -155,6 +155,11 @@ def conv_norm_bound(weight, n_grid=1024, differentiable=False, omega_index=None)
     return (bound if differentiable else bound.item()), j
 
 
+def _l1_norm(weight):
+    """Induced ℓ1 norm bound of a convolution: max over input channels of Σ |w|."""
+    return weight.detach().abs().sum(dim=(0, 2)).max().item()
+
+
 def _weight_key(weight):
     """Cache key of a weight: identity, version and a checksum (``.data`` edits
     do not bump the version counter)."""
@@ -181,6 +186,16 @@ class ConvAutoencoder(nn.Module):
     ``D²Φ(x) = (D²f(x) − D²f(−x)) / 2`` are averages of two quantities
     with the same bounds.
 
+    With ``context=True`` the second layer also sees the time average of the
+    first layer's activations, ``z2 = W2 * a1 + Wc P a1`` with ``P`` the
+    temporal mean broadcast back over time and ``Wc`` a learned
+    ``hidden × hidden`` matrix (zero at construction, so Φ starts as the
+    plain network). Every output time then depends on the whole window,
+    which tells Φ which sources are active over the window and not only in
+    the three samples its kernels see. ``P`` is an orthogonal projection,
+    so ``a1 ↦ W2 * a1 + Wc P a1`` has norm ``≤ ||W2|| + ||Wc||`` and
+    induced ℓ1 norm ``≤ ||W2||₁ + ||Wc||₁``; the bounds below use these.
+
     Parameters
     ----------
     n_sources : int
@@ -193,9 +208,12 @@ class ConvAutoencoder(nn.Module):
         Smoothing ε of the SoftReLU.
     odd : bool
         Use the odd part of the network (see above).
+    context : bool
+        Feed the window's mean activation to the second layer (see above).
     """
 
-    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01, odd=False):
+    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01, odd=False,
+                 context=False):
         super().__init__()
         self.odd = bool(odd)
         _check_kernel_size(kernel_size)
@@ -203,6 +221,10 @@ class ConvAutoencoder(nn.Module):
         self.conv1 = nn.Conv1d(n_sources, hidden, kernel_size, padding=pad)
         self.conv2 = nn.Conv1d(hidden, hidden, kernel_size, padding=pad)
         self.conv3 = nn.Conv1d(hidden, n_sources, kernel_size, padding=pad)
+        self.context = None
+        if context:
+            self.context = nn.Conv1d(hidden, hidden, 1, bias=False)
+            nn.init.zeros_(self.context.weight)
         self.act = SoftReLU(eps)
         self._norm_cache = {}
 
@@ -233,12 +255,28 @@ class ConvAutoencoder(nn.Module):
         return 0.5 * (both[:len(X)] - both[len(X):])
 
     def _network(self, X):
-        z = self.act(self.conv1(X))
-        z = self.act(self.conv2(z))
-        return self.conv3(z)
+        a1 = self.act(self.conv1(X))
+        z2 = self.conv2(a1)
+        if self.context is not None:
+            z2 = z2 + self.context(a1.mean(dim=-1, keepdim=True))  # Wc P a1
+        return self.conv3(self.act(z2))
 
     def extra_repr(self):
         return "odd=True" if self.odd else ""
+
+    def second_layer_l1_norm(self):
+        """Induced ℓ1 norm bound of the second layer ``a1 ↦ W2 * a1 (+ Wc P a1)``.
+
+        Returns
+        -------
+        norm : float
+            ``||W2||₁ (+ ||Wc||₁)``: the largest sum of absolute weights into
+            one input channel, taps summed (``||P||₁ = 1``).
+        """
+        norm = _l1_norm(self.conv2.weight)
+        if self.context is not None:
+            norm += _l1_norm(self.context.weight)
+        return norm
 
     @torch.no_grad()
     def load_narrower_state_dict(self, state_dict):
@@ -271,12 +309,20 @@ class ConvAutoencoder(nn.Module):
         self.conv3.weight[:, :h] = state_dict["conv3.weight"]
         self.conv3.weight[:, h:] = 0.0  # the new units start silent
         self.conv3.bias[:] = state_dict["conv3.bias"]
+        if self.context is not None:
+            self.context.weight.zero_()
+            if "context.weight" in state_dict:
+                self.context.weight[:h, :h] = state_dict["context.weight"]
+        elif "context.weight" in state_dict:
+            raise ValueError("Cannot load a prior with a context layer into one without")
 
     def layer_norms(self, differentiable=False):
         """Certified bounds on the operator norms of the three convolutions.
 
         :func:`conv_norm_bound` for each layer: valid for every sequence
-        length; cached per weight tensor, version and checksum.
+        length; cached per weight tensor, version and checksum. With a
+        context layer the second norm bounds the whole second layer,
+        ``||W2|| + ||Wc||``.
 
         Parameters
         ----------
@@ -289,7 +335,8 @@ class ConvAutoencoder(nn.Module):
             ``(||W1||, ||W2||, ||W3||)``.
         """
         norms = []
-        for i, conv in enumerate(self.convs):
+        convs = self.convs if self.context is None else (*self.convs, self.context)
+        for i, conv in enumerate(convs):
             w = conv.weight
             key = _weight_key(w)
             entry = self._norm_cache.get(i)
@@ -299,6 +346,8 @@ class ConvAutoencoder(nn.Module):
                 norms.append(conv_norm_bound(w, differentiable=True, omega_index=entry[2])[0])
             else:
                 norms.append(entry[1])
+        if self.context is not None:  # ||W2 * · + Wc P ·|| ≤ ||W2|| + ||Wc|| (||P|| = 1)
+            norms[1] = norms[1] + norms.pop()
         return tuple(norms)
 
     def lipschitz_bound(self, differentiable=False):

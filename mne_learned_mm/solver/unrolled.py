@@ -110,7 +110,7 @@ class UnrolledSolver(nn.Module):
         self.n_sources = n_sources
         if prior is None:
             prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
-                                    cfg.prior_odd)
+                                    cfg.prior_odd, cfg.prior_context)
         if modulator is None:
             modulator = GradientModulator(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
                                           odd=cfg.net_even)
