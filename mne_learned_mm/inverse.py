@@ -8,11 +8,13 @@ solver (``mne_learned_mm.solver``) → least-squares amplitude scaling →
 
 import inspect
 import json
+import warnings
 
 import mne
 import numpy as np
 import torch
 from mne.utils import fill_doc, logger, verbose
+from scipy import sparse
 
 from .pretrained import DEFAULT_MODEL, load_model
 
@@ -47,6 +49,13 @@ class LearnedMMInverse:
         Where to solve. ``"auto"`` uses a GPU when available.
     batch_size : int
         Number of epochs solved at once.
+    deflate : bool
+        Solve twice: once, then from the strongest source blob plus a solve
+        of the residual data, with the MM iterations on the data (see
+        :func:`~mne_learned_mm.solver.init.deflation_start`). Weaker sources
+        beside a strong one are localised better, at three times the cost and
+        with some spurious activity when there is only one source (measured
+        in ``benchmarks/RESULTS.md``, seventh session).
     %(verbose)s
 
     Attributes
@@ -71,12 +80,13 @@ class LearnedMMInverse:
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
-                 batch_size=64, verbose=None):
+                 batch_size=64, deflate=False, verbose=None):
         self.model = model
         self.n_iter = n_iter
         self.bound = bound
         self.device = device
         self.batch_size = batch_size
+        self.deflate = deflate
         self.verbose = verbose
 
     # -- scikit-learn style parameters -------------------------------------
@@ -160,6 +170,7 @@ class LearnedMMInverse:
         self.fwd_ = _restrict_to_model(self.fwd_, self.config_)
         self.noise_cov_ = noise_cov
         self.sfreq_model_ = float(self.config_["sfreq"])
+        self.neighbours_ = _ring_neighbours(self.fwd_) if self.deflate else None
         return self
 
     # -- apply -------------------------------------------------------------
@@ -239,7 +250,7 @@ class LearnedMMInverse:
         for start in range(0, len(Y), self.batch_size):
             Yb = torch.as_tensor(Y[start:start + self.batch_size], dtype=torch.float32,
                                  device=self.device_)
-            X, history = self.solver_.solve(Yb, L)
+            X, history = self.solver_.solve(Yb, L, neighbours=self.neighbours_)
             out.append(X.detach().cpu().double().numpy())
             hist.append(history.as_numpy())
         self.history_ = _merge_histories(hist)
@@ -259,7 +270,7 @@ class LearnedMMInverse:
 
 @verbose
 def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=None,
-                     device="auto", return_residual=False, verbose=None):
+                     device="auto", deflate=False, return_residual=False, verbose=None):
     """Estimate sources with the learned MM solver.
 
     Parameters
@@ -278,6 +289,9 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
         Number of MM iterations (``None``: the model's).
     device : "auto" | "cpu" | "cuda"
         Where to solve.
+    deflate : bool
+        Solve a second time after removing the strongest source (see
+        :class:`~mne_learned_mm.LearnedMMInverse`).
     return_residual : bool
         Also return the residual.
     %(verbose)s
@@ -294,12 +308,27 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
     The model assumes extended sources; see the Notes of
     :class:`~mne_learned_mm.LearnedMMInverse` for focal ones.
     """
-    inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device)
+    inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device, deflate=deflate)
     inv.fit(fwd, noise_cov)
     return inv.apply(evoked, return_residual=return_residual)
 
 
 # -- helpers -----------------------------------------------------------------
+_DEFLATION_RINGS = 4  # neighbourhood of the strongest blob, in mesh rings (patch orders 1-5)
+
+
+def _ring_neighbours(fwd, n_rings=_DEFLATION_RINGS):
+    """Sources within ``n_rings`` edges of each other on the source-space mesh."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # holes in use_tris: edges to unused vertices dropped
+        adjacency = mne.spatial_src_adjacency(fwd["src"], verbose="error").tocsr()
+    step = (adjacency + sparse.identity(adjacency.shape[0], format="csr")).astype(bool)
+    reach = step
+    for _ in range(n_rings - 1):
+        reach = (reach @ step).astype(bool)
+    return torch.as_tensor(reach.toarray())
+
+
 def _fixed_surface_forward(fwd):
     if not isinstance(fwd, mne.Forward):
         raise TypeError(f"fwd must be an mne.Forward, got {type(fwd).__name__}")

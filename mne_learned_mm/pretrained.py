@@ -216,29 +216,47 @@ class SolverPipeline:
         self.init_reg = init_reg
         self.init_operator = init_operator
 
-    def solve(self, Y, L):
+    def solve(self, Y, L, neighbours=None, keep_fraction=0.05):
         """Solve a batch.
 
         Parameters
         ----------
         Y : Tensor, shape (n_batch, n_sensors, n_times)
         L : Tensor, shape (n_sensors, n_sources)
+        neighbours : Tensor of bool, shape (n_sources, n_sources) | None
+            Deflation: solve once, then again from
+            :func:`~mne_learned_mm.solver.init.deflation_start` (the
+            strongest blob, within these neighbourhoods, plus a solve of the
+            residual data), with the MM iterations on ``Y``. ``None``: one
+            solve.
+        keep_fraction : float
+            See :func:`~mne_learned_mm.solver.init.strongest_blob`.
 
         Returns
         -------
         X : Tensor, shape (n_batch, n_sources, n_times)
         history : mne_learned_mm.solver.mm.SolverHistory
+            Of the last solve.
         """
-        from .solver.init import initial_point, normalise_problem, tikhonov_operator
+        from .solver.init import deflation_start, normalise_problem
 
         Y, L = normalise_problem(Y, L)
+        with torch.no_grad():
+            X, history = self._solve_normalised(Y, L)
+            if neighbours is None:
+                return X, history
+            X0 = deflation_start(Y, L, X, lambda R, L_: self.solve(R, L_)[0],
+                                 neighbours.to(X.device), keep_fraction)
+            return self.module(Y, L, X0=X0)
+
+    def _solve_normalised(self, Y, L):
+        from .solver.init import initial_point, tikhonov_operator
+
         K = None
         if self.init != "random":
             K = tikhonov_operator(L, self.init_reg, self.init_operator)
-        with torch.no_grad():
-            X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg,
-                               prior=self.module.prior)
-            return self.module(Y, L, X0=X0)
+        X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior)
+        return self.module(Y, L, X0=X0)
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None):

@@ -423,6 +423,9 @@ def _parser():
     parser.add_argument("--channels", type=int, default=None,
                         help="use a spread subset of 64 or 32 of the channels")
     parser.add_argument("--seed", type=int, default=42, help="seed of the test set")
+    parser.add_argument("--deflate", action="store_true",
+                        help="learned methods solve twice, the second time after removing "
+                             "the strongest source (LearnedMMInverse(deflate=True))")
     parser.add_argument("--random-sign", action="store_true",
                         help="random patch polarities (sereega/nmm; evoked always has them)")
     parser.add_argument("--mxne-alpha", type=float, default=50.0,
@@ -492,7 +495,8 @@ def main(argv=None):
     train_data = _train_data(args)
     options = {"MxNE": {"alpha": args.mxne_alpha}, "gamma_map": {"alpha": args.gamma_alpha}}
     for name in LEARNED:
-        options[name] = {"model": models.get(name), "train_data": train_data}
+        options[name] = {"model": models.get(name), "train_data": train_data,
+                         "deflate": args.deflate}
     snrs = ([float(s) for s in args.snr_sweep.split(",")] if args.snr_sweep
             else [args.snr])
     t_start = time.perf_counter()

@@ -9,6 +9,7 @@ from .bounds import (
     operator_norm_sq,
     paper_nu_hi,
 )
+from .init import deflation_start, strongest_blob
 from .majorant import (
     ConvLSTMCell,
     CurvatureNet,
@@ -51,6 +52,7 @@ __all__ = [
     "cosine_similarity",
     "cost_and_grad",
     "data_fidelity",
+    "deflation_start",
     "hessian_bound",
     "hessian_power_iteration",
     "hvp_nu_hi",
@@ -63,5 +65,6 @@ __all__ = [
     "project_curvature",
     "reference_inverse_curvature",
     "rms_normalize",
+    "strongest_blob",
     "upper_loss",
 ]
