@@ -170,7 +170,8 @@ class LearnedMMInverse:
         self.fwd_ = _restrict_to_model(self.fwd_, self.config_)
         self.noise_cov_ = noise_cov
         self.sfreq_model_ = float(self.config_["sfreq"])
-        self.neighbours_ = _ring_neighbours(self.fwd_) if self.deflate else None
+        self.neighbours_ = (_ring_neighbours(self.fwd_).to(self.device_) if self.deflate
+                            else None)  # on the solve's device once, not per batch
         return self
 
     # -- apply -------------------------------------------------------------
