@@ -213,8 +213,6 @@ def main():
     parser.add_argument("--model", default=None, help="model of learned_mm")
     parser.add_argument("--deflate", action="store_true",
                         help="also run learned_mm with deflate=True (as 'learned_mm_deflate')")
-    parser.add_argument("--denoise", action="store_true",
-                        help="also run learned_mm with denoise=True (as 'learned_mm_denoise')")
     parser.add_argument("--out", default="generalization.json")
     args = parser.parse_args()
     mne.set_log_level("ERROR")
@@ -224,10 +222,6 @@ def main():
         methods["learned_mm_deflate"] = make_method(
             "learned_mm", **opts.get("learned_mm", {}), deflate=True)
         args.methods.append("learned_mm_deflate")
-    if args.denoise:
-        methods["learned_mm_denoise"] = make_method(
-            "learned_mm", **opts.get("learned_mm", {}), denoise=True)
-        args.methods.append("learned_mm_denoise")
     cache, results = {}, {}
     with _thread_limit(1):
         for name in args.scenarios:

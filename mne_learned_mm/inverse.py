@@ -17,7 +17,6 @@ from mne.utils import fill_doc, logger, verbose
 from scipy import sparse
 
 from .pretrained import DEFAULT_MODEL, load_model
-from .solver.denoise import shrink_singular_values
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
 
@@ -57,13 +56,6 @@ class LearnedMMInverse:
         beside a strong one are localised better, at three times the cost and
         with some spurious activity when there is only one source (measured
         in ``benchmarks/RESULTS.md``, seventh session).
-    denoise : bool
-        Shrink the singular values of each epoch's data before solving
-        (:func:`~mne_learned_mm.solver.denoise.shrink_singular_values`:
-        Gavish-Donoho optimal shrinkage, noise level from the median singular
-        value, no noise covariance needed). Components below the noise bulk
-        are dropped, the others shrunk; the amplitudes of the estimate are
-        still fitted to the original data.
     %(verbose)s
 
     Attributes
@@ -88,14 +80,13 @@ class LearnedMMInverse:
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
-                 batch_size=64, deflate=False, denoise=False, verbose=None):
+                 batch_size=64, deflate=False, verbose=None):
         self.model = model
         self.n_iter = n_iter
         self.bound = bound
         self.device = device
         self.batch_size = batch_size
         self.deflate = deflate
-        self.denoise = denoise
         self.verbose = verbose
 
     # -- scikit-learn style parameters -------------------------------------
@@ -214,7 +205,7 @@ class LearnedMMInverse:
         _check_data(data)
         Y = _average_reference(data)
         Gw, Yw = (W @ G, np.einsum("ij,bjt->bit", W, Y)) if W is not None else (G, Y)
-        X = self._solve(Yw, Gw, inst.info["sfreq"], n_dims=np.linalg.matrix_rank(Gw))
+        X = self._solve(Yw, Gw, inst.info["sfreq"])
         X *= _amplitude_scale(Yw, Gw, X)[:, None, None]
         stcs = [self._to_stc(x, inst) for x in X]
         out = stcs if is_epochs else stcs[0]
@@ -247,7 +238,7 @@ class LearnedMMInverse:
             logger.info("Whitening data and gain with the noise covariance")
         return picks, G, W
 
-    def _solve(self, Y, G, sfreq, n_dims=None):
+    def _solve(self, Y, G, sfreq):
         n_times = Y.shape[-1]
         resample = abs(sfreq / self.sfreq_model_ - 1) > _SFREQ_TOL
         if resample:
@@ -260,8 +251,6 @@ class LearnedMMInverse:
         for start in range(0, len(Y), self.batch_size):
             Yb = torch.as_tensor(Y[start:start + self.batch_size], dtype=torch.float32,
                                  device=self.device_)
-            if self.denoise:
-                Yb = self._shrink(Yb, n_dims)
             X, history = self.solver_.solve(Yb, L, neighbours=self.neighbours_)
             out.append(X.detach().cpu().double().numpy())
             hist.append(history.as_numpy())
@@ -273,16 +262,6 @@ class LearnedMMInverse:
             X = _fit_length(X, n_times)
         return X
 
-    @staticmethod
-    def _shrink(Y, n_dims):
-        Y, rank = shrink_singular_values(Y, n_dims)
-        if (rank == 0).any():
-            logger.info(f"{int((rank == 0).sum())} epoch(s) left as they are: no component "
-                        "above the noise level, or too few samples")
-        logger.info(f"Singular-value shrinkage: {rank.float().mean().item():.1f} "
-                    "component(s) kept on average")
-        return Y
-
     def _to_stc(self, X, inst):
         src = self.fwd_["src"]
         return mne.SourceEstimate(X, vertices=[s["vertno"] for s in src],
@@ -292,8 +271,7 @@ class LearnedMMInverse:
 
 @verbose
 def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=None,
-                     device="auto", deflate=False, denoise=False, return_residual=False,
-                     verbose=None):
+                     device="auto", deflate=False, return_residual=False, verbose=None):
     """Estimate sources with the learned MM solver.
 
     Parameters
@@ -315,9 +293,6 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
     deflate : bool
         Solve a second time after removing the strongest source (see
         :class:`~mne_learned_mm.LearnedMMInverse`).
-    denoise : bool
-        Shrink the data's singular values before solving (see
-        :class:`~mne_learned_mm.LearnedMMInverse`).
     return_residual : bool
         Also return the residual.
     %(verbose)s
@@ -334,8 +309,7 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
     The model assumes extended sources; see the Notes of
     :class:`~mne_learned_mm.LearnedMMInverse` for focal ones.
     """
-    inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device, deflate=deflate,
-                           denoise=denoise)
+    inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device, deflate=deflate)
     inv.fit(fwd, noise_cov)
     return inv.apply(evoked, return_residual=return_residual)
 

@@ -426,9 +426,6 @@ def _parser():
     parser.add_argument("--deflate", action="store_true",
                         help="learned methods solve twice, the second time after removing "
                              "the strongest source (LearnedMMInverse(deflate=True))")
-    parser.add_argument("--denoise", action="store_true",
-                        help="learned methods shrink the data's singular values before "
-                             "solving (LearnedMMInverse(denoise=True))")
     parser.add_argument("--random-sign", action="store_true",
                         help="random patch polarities (sereega/nmm; evoked always has them)")
     parser.add_argument("--mxne-alpha", type=float, default=50.0,
@@ -499,7 +496,7 @@ def main(argv=None):
     options = {"MxNE": {"alpha": args.mxne_alpha}, "gamma_map": {"alpha": args.gamma_alpha}}
     for name in LEARNED:
         options[name] = {"model": models.get(name), "train_data": train_data,
-                         "deflate": args.deflate, "denoise": args.denoise}
+                         "deflate": args.deflate}
     snrs = ([float(s) for s in args.snr_sweep.split(",")] if args.snr_sweep
             else [args.snr])
     t_start = time.perf_counter()

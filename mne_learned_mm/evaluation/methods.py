@@ -293,9 +293,6 @@ class LearnedSolver:
     deflate : bool
         Solve twice, the second time after removing the strongest source (see
         :class:`mne_learned_mm.inverse.LearnedMMInverse`).
-    denoise : bool
-        Shrink the data's singular values before solving (see
-        :class:`mne_learned_mm.inverse.LearnedMMInverse`).
 
     Notes
     -----
@@ -304,13 +301,11 @@ class LearnedSolver:
     sensor noise, and their cosine costs ignore the scale of the data.
     """
 
-    def __init__(self, model="default", *, n_iter=None, device="cpu", deflate=False,
-                 denoise=False):
+    def __init__(self, model="default", *, n_iter=None, device="cpu", deflate=False):
         self.model = model
         self.n_iter = n_iter
         self.device = device
         self.deflate = deflate
-        self.denoise = denoise
         self._fwd = None
 
     def __call__(self, evoked, fwd, noise_cov):
@@ -319,15 +314,14 @@ class LearnedSolver:
             inverse = _import_inverse()
             self._inv = inverse.LearnedMMInverse(self.model, n_iter=self.n_iter,
                                                  device=self.device, deflate=self.deflate,
-                                                 denoise=self.denoise, verbose=False)
+                                                 verbose=False)
             self._inv.fit(fwd, verbose=False)
             self._fwd = fwd
         return self._inv.apply(evoked, verbose=False)
 
     def __repr__(self):
         return (f"LearnedSolver(model={str(self.model)!r}, n_iter={self.n_iter}"
-                + (", deflate=True" if self.deflate else "")
-                + (", denoise=True" if self.denoise else "") + ")")
+                + (", deflate=True)" if self.deflate else ")"))
 
 
 def _import_inverse():
@@ -376,12 +370,10 @@ def default_model(name, train_data="sereega"):
 
 
 def _learned_factory(name):
-    def factory(model=None, train_data="sereega", n_iter=None, device="cpu", deflate=False,
-                denoise=False):
+    def factory(model=None, train_data="sereega", n_iter=None, device="cpu", deflate=False):
         model = default_model(name, train_data) if model is None else model
         _check_model(name, model)
-        return LearnedSolver(model, n_iter=n_iter, device=device, deflate=deflate,
-                             denoise=denoise)
+        return LearnedSolver(model, n_iter=n_iter, device=device, deflate=deflate)
 
     return factory
 
