@@ -1,0 +1,92 @@
+"""How much of a model's error is in its prior Φ: the floor that no solve can beat.
+
+    python benchmarks/bench_prior_floor.py --model default --data sereega --n 200 --seed 42
+    python benchmarks/bench_prior_floor.py --random-sign --n 100 --seed 2024
+
+For each sample, four estimates are scored with the benchmark metrics:
+
+- ``Φ(X)``: the autoencoder applied to the true sources. The solve decreases
+  ``1 − cos(X, Φ(X))``; what Φ makes of the truth itself is what the prior
+  considers a plausible source pattern near it.
+- ``start, noise-free``: the solver's start (``Φ(K Y)`` for the shipped model)
+  on noise-free data ``Y = L X``.
+- ``solve, noise-free``: the whole solve on ``L X``.
+- ``solve, SNR``: the whole solve on the noisy data, as in the benchmark (no
+  noise covariance; average reference; the scale is irrelevant to the
+  cosine costs).
+
+If ``Φ(X)`` is already far from the truth, neither less noise nor a better
+optimisation can close the gap: the prior has to change.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+from mne_learned_mm.evaluation.benchmark import _load_forward
+from mne_learned_mm.evaluation.metrics import compute_metrics
+from mne_learned_mm.pretrained import load_model
+from mne_learned_mm.simulation import SimulatedDataset, default_config
+from mne_learned_mm.solver.init import initial_point, normalise_problem, tikhonov_operator
+
+ESTIMATES = ("Φ(X)", "start, noise-free", "solve, noise-free", "solve, SNR")
+
+
+def _estimates(pipe, X, Y, L):
+    """The four estimates of one sample, shape (n_sources, n_times) each."""
+    X = X / X.norm()
+    Y_clean, L = normalise_problem((L @ X)[None], L)
+    Y_noisy, _ = normalise_problem(Y[None], L)
+    K = tikhonov_operator(L, pipe.init_reg, pipe.init_operator)
+    prior = pipe.module.prior
+    with torch.no_grad():
+        start = initial_point(Y_clean, L, pipe.init, K=K, reg=pipe.init_reg, prior=prior)
+        out = (prior(X[None]), start, pipe.solve(Y_clean, L)[0], pipe.solve(Y_noisy, L)[0])
+    return [x[0].double().numpy() for x in out]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--data", default="sereega", choices=("sereega", "nmm", "evoked"))
+    parser.add_argument("--random-sign", action="store_true")
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--snr", type=float, default=None, help="dB (default: the kind's)")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    fwd = _load_forward(None)
+    config = default_config(args.data, random_sign=True) if args.random_sign else None
+    ds = SimulatedDataset(fwd, kind=args.data, n_samples=args.n, seed=args.seed,
+                          snr_db=args.snr, config=config, verbose=False)
+    pipe = load_model(args.model)[0]
+    L = torch.tensor(ds.L - ds.L.mean(axis=0), dtype=torch.float32)
+    pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
+    scores = {name: [] for name in ESTIMATES}
+    n_patches = []
+    for i in range(len(ds)):
+        sample = ds[i]
+        X = np.asarray(sample["X"], np.float64)
+        Y = sample["Y"] - sample["Y"].mean(axis=0)
+        estimates = _estimates(pipe, torch.tensor(X, dtype=torch.float32),
+                               torch.tensor(Y, dtype=torch.float32), L)
+        for name, X_hat in zip(ESTIMATES, estimates):
+            scores[name].append(compute_metrics(X, X_hat, sample["seeds"], sample["patches"],
+                                                pos, adjacency, ds.sfreq))
+        n_patches.append(len(sample["seeds"]))
+    n_patches = np.array(n_patches)
+    groups = [("all", n_patches > 0)] + [
+        (f"{k} patch{'es' if k > 1 else ''}", n_patches == k) for k in np.unique(n_patches)]
+    print(f"{ds!r}, model {args.model}")
+    print("| estimate | " + " | ".join(f"{g} (n = {s.sum()}) LE / AUC" for g, s in groups) + " |")
+    print("|---|" + "---|" * len(groups))
+    for name in ESTIMATES:
+        le = np.array([m["LE"] for m in scores[name]])
+        auc = np.array([m["AUC"] for m in scores[name]])
+        print(f"| {name} | " + " | ".join(f"{le[s].mean():.2f} / {auc[s].mean():.2f}"
+                                           for _, s in groups) + " |")
+
+
+if __name__ == "__main__":
+    main()
