@@ -1,13 +1,13 @@
-"""How much of a model's error is in its prior Φ: what Φ makes of the true sources.
+"""What limits a learned solver: its prior Φ, its start, the noise, or the MM steps.
 
     python benchmarks/bench_prior_floor.py --model default --data sereega --n 200 --seed 42
     python benchmarks/bench_prior_floor.py --random-sign --n 100 --seed 2024
 
 For each sample, four estimates are scored with the benchmark metrics:
 
-- ``Φ(X)``: the autoencoder applied to the true sources. The solve decreases
-  ``1 − cos(X, Φ(X))``; what Φ makes of the truth itself is what the prior
-  considers a plausible source pattern near it.
+- ``Φ(X)``: the autoencoder applied to the true sources, i.e. what the
+  regulariser ``1 − cos(X, Φ(X))`` of ``u`` considers a plausible pattern near
+  the truth.
 - ``start, noise-free``: the solver's start (``Φ(K Y)`` for the shipped model)
   on noise-free data ``Y = L X``.
 - ``solve, noise-free``: the whole solve on ``L X``.
@@ -15,10 +15,9 @@ For each sample, four estimates are scored with the benchmark metrics:
   noise covariance; average reference; the scale is irrelevant to the
   cosine costs).
 
-The solve minimises ``u``, which penalises ``X`` for not being a fixed point of
-Φ, so a ``Φ(X)`` far from the truth biases the solution; in every model
-measured so far the solve ended 1.8-4.2 mm (LE) behind its ``Φ(X)`` row
-(``benchmarks/RESULTS.md``, eighth session).
+The gap between the last two rows is what the noise costs, between the middle
+two what the MM steps add to the start (``benchmarks/RESULTS.md``, eighth
+session).
 """
 
 import argparse
