@@ -29,7 +29,7 @@ from mne_learned_mm.evaluation.benchmark import _load_forward
 from mne_learned_mm.evaluation.metrics import compute_metrics
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
-from mne_learned_mm.solver.init import initial_point, normalise_problem, tikhonov_operator
+from mne_learned_mm.solver.init import normalise_problem
 
 ESTIMATES = ("Φ(X)", "start, noise-free", "solve, noise-free", "solve, SNR")
 
@@ -39,11 +39,9 @@ def _estimates(pipe, X, Y, L):
     X = X / X.norm()
     Y_clean, L = normalise_problem((L @ X)[None], L)
     Y_noisy, _ = normalise_problem(Y[None], L)
-    K = tikhonov_operator(L, pipe.init_reg, pipe.init_operator)
-    prior = pipe.module.prior
     with torch.no_grad():
-        start = initial_point(Y_clean, L, pipe.init, K=K, reg=pipe.init_reg, prior=prior)
-        out = (prior(X[None]), start, pipe.solve(Y_clean, L)[0], pipe.solve(Y_noisy, L)[0])
+        out = (pipe.module.prior(X[None]), pipe.start(Y_clean, L),
+               pipe.solve(Y_clean, L)[0], pipe.solve(Y_noisy, L)[0])
     return [x[0].double().numpy() for x in out]
 
 

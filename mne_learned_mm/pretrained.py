@@ -249,14 +249,29 @@ class SolverPipeline:
                                  neighbours.to(X.device), keep_fraction)
             return self.module(Y, L, X0=X0)
 
-    def _solve_normalised(self, Y, L):
+    def start(self, Y, L):
+        """The solve's starting point ``X0`` (e.g. ``Φ(K Y)``).
+
+        Parameters
+        ----------
+        Y : Tensor, shape (n_batch, n_sensors, n_times)
+        L : Tensor, shape (n_sensors, n_sources)
+            Both as :func:`~mne_learned_mm.solver.init.normalise_problem`
+            returns them.
+
+        Returns
+        -------
+        X0 : Tensor, shape (n_batch, n_sources, n_times)
+        """
         from .solver.init import initial_point, tikhonov_operator
 
         K = None
         if self.init != "random":
             K = tikhonov_operator(L, self.init_reg, self.init_operator)
-        X0 = initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior)
-        return self.module(Y, L, X0=X0)
+        return initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior)
+
+    def _solve_normalised(self, Y, L):
+        return self.module(Y, L, X0=self.start(Y, L))
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None):
