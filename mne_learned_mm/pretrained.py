@@ -152,6 +152,10 @@ def load_state(name_or_path):
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(
                 f"Model at {directory} has no readable {CONFIG_FNAME}: {exc}") from None
+        if not (directory / WEIGHTS_FNAME).is_file():
+            raise FileNotFoundError(
+                f"Model at {directory} has no {WEIGHTS_FNAME}: a model directory holds "
+                f"{WEIGHTS_FNAME} and {CONFIG_FNAME} (as the training CLI writes them).")
         try:
             state = torch.load(directory / WEIGHTS_FNAME, map_location="cpu",
                                weights_only=True)
@@ -162,6 +166,11 @@ def load_state(name_or_path):
                 f"{str(exc).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{directory / WEIGHTS_FNAME} does not hold a state_dict of tensors")
+    broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if broken:
+        raise ValueError(f"{directory / WEIGHTS_FNAME} holds NaN or infinite weights in "
+                         f"{len(broken)} tensor(s) ({', '.join(broken[:3])}): the model is "
+                         "broken (a diverged training run?); retrain or use another model.")
     return state, config
 
 
@@ -201,20 +210,27 @@ class SolverPipeline:
     ----------
     module : torch.nn.Module
         The solver (``forward(Y, L, X0=None) -> (X, history)``).
-    init : "random" | "tikhonov"
-        Starting point, as trained.
+    init : "random" | "tikhonov" | "prior" | "amortized"
+        Starting point, as trained; ``"amortized"`` is the start network
+        (:func:`~mne_learned_mm.solver.start.amortized_start`).
     init_reg : float
         Regularisation of the Tikhonov start.
     init_operator : "tikhonov" | "sloreta"
         Linear image of the start, as trained (see
         :func:`~mne_learned_mm.solver.init.tikhonov_operator`).
+    start_network : mne_learned_mm.solver.start.StartNetwork | None
+        Needed for ``init="amortized"``.
     """
 
-    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0, init_operator="tikhonov"):
+    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0, init_operator="tikhonov",
+                 start_network=None):
+        if init == "amortized" and start_network is None:
+            raise ValueError('init="amortized" needs the start network')
         self.module = module
         self.init = init
         self.init_reg = init_reg
         self.init_operator = init_operator
+        self.start_network = start_network
 
     def solve(self, Y, L, neighbours=None, keep_fraction=0.05):
         """Solve a batch.
@@ -263,8 +279,12 @@ class SolverPipeline:
         -------
         X0 : Tensor, shape (n_batch, n_sources, n_times)
         """
-        from .solver.init import initial_point, tikhonov_operator
+        from .solver.init import _unit, initial_point, tikhonov_operator
 
+        if self.init == "amortized":
+            from .solver.start import amortized_start
+
+            return _unit(amortized_start(Y, L, self.start_network))
         K = None
         if self.init != "random":
             K = tikhonov_operator(L, self.init_reg, self.init_operator)
@@ -274,7 +294,8 @@ class SolverPipeline:
         return self.module(Y, L, X0=self.start(Y, L))
 
 
-def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None):
+def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None,
+               max_rank=None):
     """Load a model as a ready-to-use :class:`SolverPipeline`.
 
     Parameters
@@ -286,6 +307,8 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override the number of MM iterations.
     bound : str | None
         Override the curvature bound choice.
+    max_rank : int | None
+        Override the most temporal components the amortized start keeps.
 
     Returns
     -------
@@ -302,12 +325,34 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     if bound is not None:
         solver_kwargs["bound"] = bound
     module = build_solver(config["kind"], solver_kwargs, config["n_sources"])
+    start_state = {k[len("start."):]: v for k, v in state.items() if k.startswith("start.")}
+    state = {k: v for k, v in state.items() if not k.startswith("start.")}
+    start_network = None
+    if config.get("init") == "amortized":
+        start_network = _build_start(config, start_state, max_rank)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
         raise ValueError(f"Model weights do not match their configuration: "
                          f"{str(exc).splitlines()[0]}") from None
     module.eval().to(device)
+    if start_network is not None:
+        start_network.eval().to(device)
     return SolverPipeline(module, config.get("init", "tikhonov"),
                           config.get("init_reg", 1.0 / 9.0),
-                          config.get("init_operator", "tikhonov")), config
+                          config.get("init_operator", "tikhonov"), start_network), config
+
+
+def _build_start(config, state, max_rank=None):
+    from .solver.start import StartConfig, StartNetwork
+
+    start_config = StartConfig(**config["start"])
+    if max_rank is not None:
+        start_config.max_rank = int(max_rank)
+    network = StartNetwork(int(config["n_sources"]), start_config)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"Start-network weights do not match their configuration: "
+                         f"{str(exc).splitlines()[0]}") from None
+    return network

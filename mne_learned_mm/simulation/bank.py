@@ -1,0 +1,280 @@
+"""Patch bank: training topographies at the speed of a matrix product.
+
+A sample of the SEREEGA-style simulator is a window whose time axis repeats
+one spatial configuration; a spatial start network learns from *spatial*
+diversity. :class:`PatchBank` precomputes, for one forward, every extended
+patch the simulators can draw (each seed × each order × each spatial
+profile, with the patch geometry of :func:`~.sources.draw_patches` and
+:meth:`~.geometry.SourceGeometry.patch_amplitude`) and its leadfield image.
+:meth:`PatchBank.sample` then draws a batch of single topographies as signed
+mixtures of 1-3 non-overlapping patches, with white and brain-background
+sensor noise at drawn SNRs: gathers and one small product per sample.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .geometry import SourceGeometry, gaussian_profile
+from .leadfield import make_leadfield
+
+#: Spatial profiles over a patch, as a function of the distance d to its seed:
+#: the simulators' Gaussian (σ = max d / 2), a wider Gaussian (σ = max d) and
+#: a flat patch (as :func:`mne.simulation.select_source_in_label` patches).
+PROFILES = ("gaussian", "wide", "flat")
+
+
+def _profile(dist, kind):
+    if kind == "gaussian":
+        return gaussian_profile(dist)
+    if kind == "wide":
+        sigma = dist.max()
+        return np.ones_like(dist) if sigma == 0 else np.exp(-0.5 * (dist / sigma) ** 2)
+    if kind == "flat":
+        return np.ones_like(dist)
+    raise ValueError(f"profile must be one of {PROFILES}, got {kind!r}")
+
+
+@dataclass
+class BankConfig:
+    """What :meth:`PatchBank.sample` draws.
+
+    Attributes
+    ----------
+    n_patches : tuple of int
+        Inclusive range of the number of patches per topography.
+    snr_db : tuple of float
+        Interval of the sensor SNR (dB), drawn uniformly per topography.
+    background : tuple of float
+        Interval of the brain-background share of the noise power (the rest
+        is white), drawn uniformly per topography.
+    min_amplitude : float
+        Each later patch gets ``|a| ~ U(min_amplitude, 1)`` relative to the first.
+    margin : int
+        Non-overlap margin in rings (as :func:`~.sources.draw_patches`).
+    """
+
+    n_patches: tuple = (1, 3)
+    snr_db: tuple = (0.0, 30.0)
+    background: tuple = (0.0, 0.5)
+    min_amplitude: float = 0.1
+    margin: int = 2
+
+
+class PatchBank:
+    """Every patch of a forward and its sensor image.
+
+    Parameters
+    ----------
+    geometry : SourceGeometry
+    L : array, shape (n_channels, n_sources)
+        Average-referenced leadfield.
+    orders : tuple of int
+        Inclusive range of patch orders (neighbour rings; 0 is a single source).
+    profiles : tuple of str
+        Spatial profiles (:data:`PROFILES`); order 0 is kept once.
+
+    Attributes
+    ----------
+    seeds, orders : array of int64, shape (n_patches,)
+    index : Tensor of int64, shape (n_patches, max_size)
+        Source indices of each patch, padded with 0.
+    weight : Tensor, shape (n_patches, max_size)
+        Profile of each patch (0 on the padding), peak 1.
+    images : Tensor, shape (n_channels, n_patches)
+        ``L[:, patch] @ profile``, the patch's noise-free topography.
+    hops : Tensor of int16, shape (n_sources, n_sources)
+        Ring distance between sources (capped), for the non-overlap rule.
+    """
+
+    def __init__(self, geometry, L, orders=(0, 5), profiles=PROFILES):
+        self.geometry = geometry
+        self.L = torch.as_tensor(np.asarray(L), dtype=torch.float32)
+        seeds, ords, idx, wts = [], [], [], []
+        for order in range(orders[0], orders[1] + 1):
+            for kind in (profiles[:1] if order == 0 else profiles):
+                for seed in range(geometry.n_sources):
+                    patch = geometry.rings(seed, order)
+                    dist = np.linalg.norm(geometry.pos[patch] - geometry.pos[seed], axis=1)
+                    seeds.append(seed)
+                    ords.append(order)
+                    idx.append(patch)
+                    wts.append(_profile(dist, kind))
+        size = max(len(p) for p in idx)
+        self.seeds = np.asarray(seeds, np.int64)
+        self.orders = np.asarray(ords, np.int64)
+        self.index = torch.zeros(len(idx), size, dtype=torch.int64)
+        self.weight = torch.zeros(len(idx), size)
+        for k, (p, w) in enumerate(zip(idx, wts)):
+            self.index[k, :len(p)] = torch.as_tensor(p)
+            self.weight[k, :len(p)] = torch.as_tensor(w, dtype=torch.float32)
+        self.images = self.sources(torch.arange(len(idx))[:, None],
+                                   torch.ones(len(idx), 1)) @ self.L.T
+        self.images = self.images.T.contiguous()
+        geometry._ensure_radius(2 * orders[1] + 4)  # the farthest non-overlap rule
+        hops = geometry._hops.toarray()
+        hops[hops == 0] = np.iinfo(np.int16).max  # beyond the radius
+        self.hops = torch.as_tensor(hops - 1, dtype=torch.int16)  # data = hops + 1
+        self._seed_t = torch.as_tensor(self.seeds)
+        self._order_t = torch.as_tensor(self.orders)
+        w, U = np.linalg.eigh(np.asarray(L, np.float64) @ np.asarray(L, np.float64).T)
+        self.background_factor = torch.as_tensor(U * np.sqrt(np.clip(w, 0, None)),
+                                                 dtype=torch.float32)
+
+    @classmethod
+    def from_forward(cls, fwd, **kwargs):
+        """Bank of a fixed-orientation surface forward (all its EEG channels).
+
+        Parameters
+        ----------
+        fwd : mne.Forward
+        **kwargs
+            Passed to :class:`PatchBank`.
+
+        Returns
+        -------
+        bank : PatchBank
+        """
+        return cls(SourceGeometry.from_forward(fwd), make_leadfield(fwd), **kwargs)
+
+    @property
+    def n_patches(self):
+        """Number of patches in the bank."""
+        return len(self.seeds)
+
+    @property
+    def n_sources(self):
+        """Number of sources."""
+        return self.geometry.n_sources
+
+    def __repr__(self):
+        return (f"<PatchBank | {self.n_patches} patches, {self.L.shape[0]} channels, "
+                f"{self.n_sources} sources>")
+
+    def sources(self, which, amplitude):
+        """Source vectors of patch mixtures.
+
+        Parameters
+        ----------
+        which : Tensor of int64, shape (n, k)
+            Bank indices of the patches of each mixture.
+        amplitude : Tensor, shape (n, k)
+            Signed amplitude of each patch (0 drops it).
+
+        Returns
+        -------
+        x : Tensor, shape (n, n_sources)
+        """
+        n = which.shape[0]
+        vals = self.weight[which] * amplitude[..., None]
+        x = torch.zeros(n, self.n_sources, dtype=vals.dtype)
+        return x.scatter_add_(1, self.index[which].reshape(n, -1), vals.reshape(n, -1))
+
+    def draw_mixtures(self, gen, n, config):
+        """Bank indices and signed amplitudes of ``n`` patch mixtures.
+
+        The first patch is uniform over the bank; each later one is redrawn
+        (up to 4 times, then dropped) until its seed is at least
+        ``o_prev + o + margin`` rings from every earlier seed, as in
+        :func:`~.sources.draw_patches`.
+
+        Parameters
+        ----------
+        gen : torch.Generator
+        n : int
+        config : BankConfig
+
+        Returns
+        -------
+        which : Tensor of int64, shape (n, k_max)
+        amplitude : Tensor, shape (n, k_max)
+            0 where a mixture has fewer patches.
+        """
+        k_lo, k_hi = config.n_patches
+        k = torch.randint(k_lo, k_hi + 1, (n,), generator=gen)
+        which = torch.randint(self.n_patches, (n, k_hi), generator=gen)
+        active = torch.arange(k_hi)[None] < k[:, None]
+        for j in range(1, k_hi):
+            for attempt in range(5):
+                ok = self._apart(which, j, config.margin)
+                if attempt == 4 or bool(ok[active[:, j]].all()):
+                    break
+                redraw = active[:, j] & ~ok
+                which[redraw, j] = torch.randint(self.n_patches, (int(redraw.sum()),),
+                                                 generator=gen)
+            active[:, j] &= ok
+        amp = torch.rand(n, k_hi, generator=gen) * (1 - config.min_amplitude)
+        amp = config.min_amplitude + amp
+        amp[:, 0] = 1.0
+        sign = torch.randint(0, 2, (n, k_hi), generator=gen) * 2.0 - 1.0
+        return which, amp * sign * active
+
+    def _apart(self, which, j, margin):
+        seeds, orders = self._seed_t[which], self._order_t[which]
+        ok = torch.ones(which.shape[0], dtype=torch.bool)
+        for i in range(j):
+            dist = self.hops[seeds[:, i], seeds[:, j]].long()
+            ok &= dist >= orders[:, i] + orders[:, j] + margin
+        return ok
+
+    def sample(self, gen, n, config=None, keep=None, transform=None):
+        """A batch of noisy single topographies and their sources.
+
+        Parameters
+        ----------
+        gen : torch.Generator
+        n : int
+            Number of topographies.
+        config : BankConfig | None
+        keep : Tensor of bool, shape (n_channels,) | None
+            Channels to keep (a montage subset); the data and images are
+            average-referenced over them and zero elsewhere.
+        transform : Tensor, shape (n_channels, n_channels) | None
+            Sensor transform of the clean topographies instead of that
+            reference, e.g. a whitener whose range is orthogonal to the
+            reference (the kept channels are its non-zero rows); the noise
+            is then white in the transformed space.
+
+        Returns
+        -------
+        y : Tensor, shape (n, n_channels)
+            Noisy topographies (unit norm).
+        x : Tensor, shape (n, n_sources)
+            Their sources.
+        """
+        config = BankConfig() if config is None else config
+        if transform is not None:
+            keep = transform.abs().sum(1) > 0
+        which, amp = self.draw_mixtures(gen, n, config)
+        x = self.sources(which, amp)
+        clean = torch.einsum("cnk,nk->nc", self.images[:, which], amp)
+        white = torch.randn(n, self.L.shape[0], generator=gen)
+        back = torch.randn(n, self.L.shape[0], generator=gen) @ self.background_factor.T
+        share = _uniform(gen, n, config.background)
+        noise = (_unit_rows(_reference(white, keep)) * (1 - share).sqrt()[:, None]
+                 + _unit_rows(_reference(back, keep)) * share.sqrt()[:, None])
+        clean = _reference(clean, keep) if transform is None else clean @ transform.T
+        snr = 10 ** (_uniform(gen, n, config.snr_db) / 20)
+        y = clean + _unit_rows(noise) * (clean.norm(dim=1) / snr)[:, None]
+        return _unit_rows(y), x
+
+
+def _uniform(gen, n, interval):
+    lo, hi = interval
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def _reference(y, keep):
+    """Average reference over the kept channels, zero on the others."""
+    if keep is None:
+        return y - y.mean(1, keepdim=True)
+    w = keep.to(y.dtype)
+    return (y - (y * w).sum(1, keepdim=True) / w.sum()) * w
+
+
+def _unit_rows(y):
+    return y / y.norm(dim=1, keepdim=True).clamp_min(torch.finfo(y.dtype).tiny)
+
+
+__all__ = ["PROFILES", "BankConfig", "PatchBank"]

@@ -1,0 +1,417 @@
+"""Train the amortized start on patch-bank topographies; build the shipped model.
+
+One recipe (a JSON file, :data:`RECIPES`) and one command rebuild the model::
+
+    python -m mne_learned_mm.training.start default --out runs/default
+
+The command is resumable (run it again with the same ``--out``), checkpoints
+every few minutes, writes a learning-curve CSV (``history_start.csv``: step,
+topographies seen, training minutes, loss, validation LE / AUC of the start
+on SEREEGA-style windows) and ends by writing ``weights.pt`` and
+``config.json``: the start network plus the MM refinement (Φ and the
+curvature net of the model named by the recipe's ``mm_from``).
+"""
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+from mne.utils import ProgressBar, logger
+
+from .. import __version__
+from ..evaluation.metrics import compute_metrics, summarize_metrics
+from ..pretrained import load_state, save_model
+from ..simulation import SimulatedDataset
+from ..simulation.bank import BankConfig, PatchBank
+from ..solver.init import normalise_problem, tikhonov_operator
+from ..solver.start import StartConfig, StartNetwork, amortized_start, start_loss
+
+CKPT = "checkpoint_start.pt"
+HISTORY = "history_start.csv"
+#: Recipes shipped with the package: name -> JSON file in ``training/recipes``.
+RECIPES = ("default", "tiny")
+
+
+@dataclasses.dataclass
+class Optimisation:
+    """How the start network is fitted.
+
+    Attributes
+    ----------
+    batch_size : int
+        Topographies per step.
+    n_steps : int
+        Total steps (the cosine learning-rate schedule spans them).
+    lr : float
+        Peak AdamW learning rate.
+    weight_decay : float
+    background_weight : float
+        Weight of the off-support L1 share in :func:`~.solver.start.start_loss`.
+    subset_prob : float
+        Probability that a step uses a random channel subset.
+    subset_fraction : tuple of float
+        Interval of the kept fraction of channels for such a step.
+    whiten_prob : float
+        Probability that a step whitens with a random noise covariance
+        (white plus brain background, share drawn in ``(0, 1)``).
+    seed : int
+    """
+
+    batch_size: int = 256
+    n_steps: int = 20000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    background_weight: float = 0.5
+    subset_prob: float = 0.5
+    subset_fraction: tuple = (0.3, 1.0)
+    whiten_prob: float = 0.3
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Recipe:
+    """Everything that builds a model (one concern per field).
+
+    Attributes
+    ----------
+    bank : BankConfig
+    start : StartConfig
+    optim : Optimisation
+    orders : tuple of int
+        Patch orders in the bank.
+    mm_from : str | None
+        Model whose MM refinement (Φ, curvature net) the shipped model uses.
+    n_iter : int
+        MM iterations after the start.
+    val_samples : int
+        SEREEGA-style validation windows (seed 7, never the test seed 42).
+    eval_minutes, checkpoint_minutes : float
+    """
+
+    bank: BankConfig = dataclasses.field(default_factory=BankConfig)
+    start: StartConfig = dataclasses.field(default_factory=StartConfig)
+    optim: Optimisation = dataclasses.field(default_factory=Optimisation)
+    orders: tuple = (0, 5)
+    mm_from: str = None
+    n_iter: int = 10
+    val_samples: int = 64
+    eval_minutes: float = 5.0
+    checkpoint_minutes: float = 3.0
+
+    @classmethod
+    def from_dict(cls, d):
+        """Recipe from its JSON form (unknown keys are an error)."""
+        parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation}
+        d = dict(d)
+        kwargs = {k: _dataclass(parts[k], d.pop(k, {}), k) for k in parts}
+        bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if bad:
+            raise ValueError(f"Unknown recipe key(s) {bad}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**kwargs, **d)
+
+    def to_dict(self):
+        """JSON form."""
+        return dataclasses.asdict(self)
+
+
+def _dataclass(cls, values, name):
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(values) - names)
+    if bad:
+        raise ValueError(f"Unknown key(s) {bad} in recipe section {name!r}; valid: "
+                         f"{sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def load_recipe(name_or_path):
+    """Read a recipe by name (:data:`RECIPES`) or from a JSON file.
+
+    Returns
+    -------
+    recipe : Recipe
+    """
+    if name_or_path in RECIPES:
+        text = (resources.files(__package__) / "recipes" / f"{name_or_path}.json").read_text()
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Recipe {name_or_path!r} is neither a packaged recipe {RECIPES} nor a file")
+        text = path.read_text()
+    return Recipe.from_dict(json.loads(text))
+
+
+# -- per-step operators ---------------------------------------------------------------
+def reference_projector(keep):
+    """Average reference over the kept channels, zero elsewhere: ``(n, n)``."""
+    w = keep.to(torch.float32)
+    return torch.diag(w) - torch.outer(w, w) / w.sum()
+
+
+def whitener(C, P, rtol=1e-6):
+    """``(P C P)^{+1/2}`` (range orthogonal to the reference and the dropped channels)."""
+    P64 = P.double()
+    evals, evecs = torch.linalg.eigh(P64 @ C.double() @ P64)  # float32 may not converge
+    keep = evals > rtol * evals.max()
+    inv = torch.where(keep, evals.clamp_min(1e-30).rsqrt(), torch.zeros_like(evals))
+    return ((evecs * inv) @ evecs.T).to(C.dtype)
+
+
+def step_operator(bank, gen, optim):
+    """Sensor transform and leadfield of one step: channel subset and whitening.
+
+    Returns
+    -------
+    keep : Tensor of bool, shape (n_channels,)
+    T : Tensor, shape (n_channels, n_channels)
+        Applied to the clean topographies (reference, then whitening).
+    L : Tensor, shape (n_channels, n_sources)
+        ``T`` applied to the bank's leadfield.
+    """
+    n = bank.L.shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    if torch.rand((), generator=gen) < optim.subset_prob:
+        lo, hi = optim.subset_fraction
+        k = max(8, int(round(n * (lo + (hi - lo) * float(torch.rand((), generator=gen))))))
+        keep = torch.zeros(n, dtype=torch.bool)
+        keep[torch.randperm(n, generator=gen)[:k]] = True
+    T = reference_projector(keep)
+    if torch.rand((), generator=gen) < optim.whiten_prob:
+        share = float(torch.rand((), generator=gen))
+        brain = bank.background_factor @ bank.background_factor.T
+        C = (1 - share) * torch.eye(n) + share * brain * n / brain.trace()
+        T = whitener(C, T)
+    return keep, T, T @ bank.L
+
+
+# -- validation -----------------------------------------------------------------------
+def validation_set(fwd, n):
+    """SEREEGA-style windows for the learning curve (seed 7)."""
+    return SimulatedDataset(fwd, "sereega", n_samples=n, seed=7, snr_db=5.0, verbose=False)
+
+
+@torch.no_grad()
+def validate_start(network, val, device):
+    """Mean LE (mm) and AUC (%) of the start alone on ``val``."""
+    L = torch.as_tensor(val.L, device=device)
+    per_sample = []
+    geo = val.geometry
+    for first in range(0, len(val), 16):
+        items = [val[i] for i in range(first, min(first + 16, len(val)))]
+        Y = torch.as_tensor(np.stack([it["Y"] for it in items]), device=device)
+        Yn, Ln = normalise_problem(Y, L)
+        X0 = amortized_start(Yn, Ln, network).cpu().numpy()
+        per_sample += [compute_metrics(it["X"], x, it["seeds"], it["patches"], geo.pos,
+                                       geo.adjacency, val.sfreq) for it, x in zip(items, X0)]
+    summary = summarize_metrics(per_sample)
+    return {k: float(summary[k]["mean"]) for k in ("LE", "AUC", "PSNR")}
+
+
+# -- training -------------------------------------------------------------------------
+def _schedule(opt, n_steps):
+    warm = max(1, n_steps // 50)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, n_steps)
+                                                                     / n_steps)))
+
+
+def _save(out, net, opt, sched, state, gen):
+    tmp = out / (CKPT + ".tmp")
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "state": state, "gen": gen.get_state()}, tmp)
+    os.replace(tmp, out / CKPT)
+
+
+def _append_history(out, row):
+    path = out / HISTORY
+    new = not path.exists()
+    with open(path, "a", newline="") as fid:
+        writer = csv.DictWriter(fid, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
+    """Fit the start network (resumes from ``out`` when a checkpoint is there).
+
+    Parameters
+    ----------
+    recipe : Recipe
+    fwd : mne.Forward
+        Fixed-orientation surface forward (the bank's).
+    out : path-like
+    device : str | torch.device
+    max_minutes : float | None
+        Stop this run after so many minutes (the step count is kept; run
+        again to continue).
+
+    Returns
+    -------
+    network : StartNetwork
+    state : dict
+        ``step``, ``seen`` and ``minutes`` (training time over all runs).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    bank = PatchBank.from_forward(fwd, orders=recipe.orders)
+    logger.info(f"{bank}")
+    val = validation_set(fwd, recipe.val_samples)
+    net = StartNetwork(bank.n_sources, recipe.start).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
+                            weight_decay=recipe.optim.weight_decay)
+    sched = _schedule(opt, recipe.optim.n_steps)
+    gen = torch.Generator().manual_seed(recipe.optim.seed)
+    state = {"step": 0, "seen": 0, "minutes": 0.0}
+    if (out / CKPT).exists():
+        ck = torch.load(out / CKPT, map_location=device, weights_only=False)  # our own file
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        gen.set_state(ck["gen"])
+        state = ck["state"]
+        logger.info(f"Resuming at step {state['step']} ({state['minutes']:.1f} min)")
+    t_run = time.perf_counter()
+    t_ckpt = t_eval = t_run
+    minutes0 = state["minutes"]
+    steps = range(state["step"], recipe.optim.n_steps)
+    for step in ProgressBar(steps, mesg="start network"):
+        _, T, L = step_operator(bank, gen, recipe.optim)
+        K = tikhonov_operator(L, recipe.start.reg, "sloreta")
+        y, x = bank.sample(gen, recipe.optim.batch_size, recipe.bank, transform=T)
+        loss = start_loss(x.to(device), net(y.to(device) @ K.T.to(device)),
+                          recipe.optim.background_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        now = time.perf_counter()
+        state.update(step=step + 1, seen=state["seen"] + recipe.optim.batch_size,
+                     minutes=minutes0 + (now - t_run) / 60)
+        last = step + 1 == recipe.optim.n_steps
+        over = max_minutes is not None and (now - t_run) / 60 >= max_minutes
+        if last or over or now - t_eval >= 60 * recipe.eval_minutes:
+            net.eval()
+            metrics = validate_start(net, val, device)
+            net.train()
+            _append_history(out, {**state, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                                  **metrics})
+            logger.info(f"step {state['step']}: loss {loss.item():.4f}, val {metrics}")
+            t_eval = time.perf_counter()
+        if last or over or now - t_ckpt >= 60 * recipe.checkpoint_minutes:
+            _save(out, net, opt, sched, state, gen)
+            t_ckpt = time.perf_counter()
+        if over:
+            break
+    return net.eval(), state
+
+
+def build_model(recipe, network, state, fwd, out, device_name):
+    """Write the shipped model: start network + MM refinement, and its config.
+
+    Parameters
+    ----------
+    recipe : Recipe
+    network : StartNetwork
+    state : dict
+        From :func:`train_start`.
+    fwd : mne.Forward
+    out : path-like
+    device_name : str
+        Where it trained (recorded).
+    """
+    weights, config = {}, {}
+    if recipe.mm_from is not None:
+        weights, config = load_state(recipe.mm_from)
+    else:
+        raise ValueError("The recipe needs mm_from: the model whose MM refinement is used")
+    weights = {k: v for k, v in weights.items() if not k.startswith("start.")}
+    weights.update({f"start.{k}": v for k, v in network.state_dict().items()})
+    src = fwd["src"]
+    config = dict(config)
+    config.update(
+        init="amortized", start=dataclasses.asdict(network.config),
+        solver={**config["solver"], "n_iter": recipe.n_iter},
+        subject=src._subject, vertices=[s["vertno"].tolist() for s in src],
+        ch_names=list(fwd["info"]["ch_names"]), code_version=__version__,
+        recipe=recipe.to_dict(), mm_from=str(recipe.mm_from),
+        trained={"device": device_name, "minutes": round(state["minutes"], 1),
+                 "steps": state["step"], "topographies": state["seen"]})
+    config.pop("train", None)
+    config.pop("notes", None)
+    save_model(out, weights, config)
+
+
+def _parser():
+    p = argparse.ArgumentParser(
+        prog="python -m mne_learned_mm.training.start",
+        description="Train the amortized start network of a recipe and write the model "
+                    "(weights.pt, config.json). Run again with the same --out to resume.")
+    p.add_argument("recipe", help=f"packaged recipe {RECIPES} or a recipe JSON file")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, model)")
+    p.add_argument("--fwd", default=None,
+                   help="forward .fif (default: the packaged fsaverage ico3 forward)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop this run after so many minutes (resume later)")
+    p.add_argument("--n-threads", type=int, default=None, help="torch threads")
+    p.add_argument("--export", action="store_true",
+                   help="write the model from the latest checkpoint without training "
+                        "(to evaluate a run in progress)")
+    return p
+
+
+def export_checkpoint(recipe, fwd, out):
+    """Write the model of ``out``'s latest checkpoint (see :func:`build_model`)."""
+    out = Path(out)
+    if not (out / CKPT).exists():
+        raise FileNotFoundError(f"No {CKPT} in {out}: nothing to export")
+    ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)  # our own file
+    network = StartNetwork(fwd["nsource"], recipe.start)
+    network.load_state_dict(ck["net"])
+    build_model(recipe, network.eval(), ck["state"], fwd, out, "checkpoint")
+
+
+def main(argv=None):
+    """Command-line entry point."""
+    args = _parser().parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    if args.n_threads:
+        torch.set_num_threads(args.n_threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("--device cuda: this torch build has no CUDA device; use --device cpu")
+    from ..head import make_fsaverage_forward
+
+    if args.fwd is None:
+        fwd = make_fsaverage_forward()
+    else:
+        import mne
+
+        fwd = mne.convert_forward_solution(mne.read_forward_solution(args.fwd, verbose=False),
+                                           surf_ori=True, force_fixed=True, use_cps=True,
+                                           verbose=False)
+    if args.export:
+        export_checkpoint(recipe, fwd, args.out)
+        return
+    network, state = train_start(recipe, fwd, args.out, device=args.device,
+                                 max_minutes=args.max_minutes)
+    if state["step"] >= recipe.optim.n_steps:
+        build_model(recipe, network, state, fwd, args.out, args.device)
+        logger.info(f"Model written to {args.out}")
+    else:
+        logger.info(f"Stopped at step {state['step']}/{recipe.optim.n_steps}; run again "
+                    "to resume")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Patch bank, amortized start network and its training recipe."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mne_learned_mm.pretrained import load_model
+from mne_learned_mm.simulation import SourceGeometry, make_leadfield
+from mne_learned_mm.simulation.bank import BankConfig, PatchBank
+from mne_learned_mm.solver.init import normalise_problem
+from mne_learned_mm.solver.start import (
+    StartConfig,
+    StartNetwork,
+    amortized_start,
+    canonical_sign,
+    denoise,
+    gavish_donoho_rank,
+    start_loss,
+)
+from mne_learned_mm.training import start as recipe_mod
+
+
+@pytest.fixture(scope="module")
+def bank(fwd_small):
+    return PatchBank.from_forward(fwd_small, orders=(0, 3))
+
+
+def test_bank_patches_are_the_simulators(bank, fwd_small):
+    geo = SourceGeometry.from_forward(fwd_small)
+    L = make_leadfield(fwd_small)
+    gaussian = np.flatnonzero(bank.orders == 2)[:3]  # the first profile of order 2
+    for k in gaussian:
+        seed = bank.seeds[k]
+        patch = geo.rings(seed, 2)
+        expected = np.zeros(geo.n_sources)
+        expected[patch] = geo.patch_amplitude(seed, patch)
+        x = bank.sources(torch.tensor([[k]]), torch.ones(1, 1))[0].numpy()
+        np.testing.assert_allclose(x, expected, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(bank.images[:, k].numpy(), L @ expected, rtol=1e-4,
+                                   atol=1e-6 * np.abs(L @ expected).max())
+    assert bank.n_patches == geo.n_sources * (1 + 3 * 3)  # order 0 once, 3 profiles
+
+
+def test_bank_mixtures_follow_the_non_overlap_rule(bank):
+    gen = torch.Generator().manual_seed(0)
+    config = BankConfig(n_patches=(1, 3), margin=2)
+    which, amp = bank.draw_mixtures(gen, 2000, config)
+    n_active = (amp != 0).sum(1)
+    assert n_active.min() >= 1 and n_active.max() <= 3
+    assert (n_active == 3).float().mean() > 0.2  # few patches dropped
+    assert torch.all(amp[:, 0] != 0) and torch.all(amp.abs() <= 1)
+    seeds = torch.as_tensor(bank.seeds)[which]
+    orders = torch.as_tensor(bank.orders)[which]
+    for i in range(3):
+        for j in range(i + 1, 3):
+            both = (amp[:, i] != 0) & (amp[:, j] != 0)
+            hops = bank.hops[seeds[both, i], seeds[both, j]].long()
+            assert torch.all(hops >= orders[both, i] + orders[both, j] + 2)
+    signs = torch.sign(amp[amp != 0])
+    assert abs(float(signs.mean())) < 0.1  # random polarities
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 20.0])
+def test_bank_sample_snr_and_reference(bank, snr_db):
+    gen = torch.Generator().manual_seed(1)
+    config = BankConfig(snr_db=(snr_db, snr_db), background=(0.0, 0.0))
+    y, x = bank.sample(gen, 4000, config)
+    clean = x @ bank.L.T
+    clean = clean - clean.mean(1, keepdim=True)
+    cos = (y * clean).sum(1) / clean.norm(dim=1)
+    expected = 1 / np.sqrt(1 + 10 ** (-snr_db / 10))  # noise orthogonal on average
+    assert abs(float(cos.mean()) - expected) < 0.02
+    np.testing.assert_allclose(y.norm(dim=1).numpy(), 1, rtol=1e-5)
+    np.testing.assert_allclose(y.sum(1).numpy(), 0, atol=1e-5)
+
+
+def test_bank_sample_channel_subset(bank):
+    gen = torch.Generator().manual_seed(2)
+    keep = torch.zeros(bank.L.shape[0], dtype=torch.bool)
+    keep[::3] = True
+    y, _ = bank.sample(gen, 64, keep=keep)
+    assert torch.all(y[:, ~keep] == 0)
+    np.testing.assert_allclose(y[:, keep].sum(1).numpy(), 0, atol=1e-5)
+
+
+def test_whitener_whitens_on_the_reference_range(bank):
+    n = bank.L.shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[:5] = False
+    P = recipe_mod.reference_projector(keep).double()
+    brain = bank.background_factor @ bank.background_factor.T
+    C = 0.5 * torch.eye(n) + 0.5 * brain * n / brain.trace()
+    W = recipe_mod.whitener(C.double(), P)
+    np.testing.assert_allclose((W @ P @ C.double() @ P @ W).numpy(), P.numpy(),
+                               atol=1e-8)  # the kept, referenced space is whitened
+    assert torch.all(W[:5] == 0) and torch.allclose(W @ keep.double(), torch.zeros(n).double(),
+                                                    atol=1e-8)
+
+
+def test_start_network_is_sign_equivariant():
+    torch.manual_seed(0)
+    net = StartNetwork(50, StartConfig(hidden=16, depth=2)).double()
+    z = torch.randn(7, 50, dtype=torch.float64)
+    torch.testing.assert_close(net(-z), -net(z), rtol=0, atol=0)
+    torch.testing.assert_close(net(3.0 * z), net(z))  # scale-free input
+    assert torch.equal(canonical_sign(torch.tensor([[1.0, -3.0], [0.0, 0.0]])),
+                       torch.tensor([-1.0, 1.0]))
+
+
+def test_start_network_gradcheck():
+    torch.manual_seed(1)
+    net = StartNetwork(6, StartConfig(hidden=5, depth=1)).double()
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(net, (z,))
+
+
+def test_gavish_donoho_rank_finds_the_signal_rank():
+    gen = torch.Generator().manual_seed(3)
+    n, t = 60, 200
+    U = torch.linalg.qr(torch.randn(n, 2, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(t, 2, generator=gen, dtype=torch.float64))[0]
+    signal = U @ torch.diag(torch.tensor([80.0, 50.0], dtype=torch.float64)) @ V.T
+    Y = signal + torch.randn(n, t, generator=gen, dtype=torch.float64)
+    S = torch.linalg.svdvals(Y)[None]
+    assert int(gavish_donoho_rank(S, (n, t), 5)[0]) == 2
+    assert int(gavish_donoho_rank(S, (n, t), 1)[0]) == 1
+    Y_r, rank = denoise(Y[None], 5)
+    assert int(rank[0]) == 2
+    assert torch.linalg.norm(Y_r[0] - signal) < 0.5 * torch.linalg.norm(Y - signal)
+
+
+def test_amortized_start_sign_equivariant_and_least_squares(fwd_small):
+    torch.manual_seed(2)
+    L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float64)
+    net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1, max_rank=2)).double()
+    Y = torch.randn(3, L.shape[0], 20, dtype=torch.float64)
+    Y = Y - Y.mean(1, keepdim=True)
+    Yn, Ln = normalise_problem(Y, L)
+    X0 = amortized_start(Yn, Ln, net)
+    assert X0.shape == (3, L.shape[1], 20)
+    torch.testing.assert_close(amortized_start(-Yn, Ln, net), -X0)
+    # each time sample's amplitude is the least-squares one: residual ⟂ L x_t
+    Y_r, _ = denoise(Yn, 2)
+    resid = Y_r - Ln @ X0
+    torch.testing.assert_close(((Ln @ X0) * resid).sum(1), torch.zeros(3, 20,
+                                                                      dtype=torch.float64),
+                               atol=1e-10, rtol=0)
+
+
+def test_start_loss():
+    x = torch.tensor([[0.0, 1.0, 2.0, 0.0]])
+    assert float(start_loss(x, 3 * x)) == pytest.approx(0.0, abs=1e-7)
+    diffuse = x + 0.1
+    assert float(start_loss(x, diffuse, background_weight=1.0)) > float(
+        start_loss(x, diffuse, background_weight=0.0)) > 0
+
+
+def test_recipe_rejects_unknown_keys(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"optim": {"n_step": 3}}))
+    with pytest.raises(ValueError, match="n_step"):
+        recipe_mod.load_recipe(path)
+    with pytest.raises(FileNotFoundError, match="packaged recipe"):
+        recipe_mod.load_recipe(tmp_path / "missing.json")
+    for name in recipe_mod.RECIPES:
+        assert isinstance(recipe_mod.load_recipe(name), recipe_mod.Recipe)
+
+
+def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
+    out = tmp_path / "model"
+    recipe_mod.main(["tiny", "--out", str(out), "--max-minutes", "0"])  # one step, stop
+    history = (out / recipe_mod.HISTORY).read_text().splitlines()
+    assert history[1].split(",")[0] == "1" and not (out / "weights.pt").exists()
+    recipe_mod.main(["tiny", "--out", str(out)])  # resumes to the end, writes the model
+    rows = (out / recipe_mod.HISTORY).read_text().splitlines()
+    assert rows[-1].split(",")[0] == "4"
+    config = json.loads((out / "config.json").read_text())
+    assert config["init"] == "amortized" and config["trained"]["steps"] == 4
+    assert config["trained"]["topographies"] == 4 * 16
+    pipe, _ = load_model(out)
+    L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
+    Y = torch.randn(2, L.shape[0], 16)
+    Y = Y - Y.mean(1, keepdim=True)
+    X, history = pipe.solve(Y, L)
+    cost = history.cost
+    assert torch.all(cost[:, 1:] <= cost[:, :-1] + 1e-5)  # the certificate: descent
+    X_neg, _ = pipe.solve(-Y, L)
+    torch.testing.assert_close(X_neg, -X, rtol=1e-4, atol=1e-6)
