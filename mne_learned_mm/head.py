@@ -197,8 +197,8 @@ def _eeg_info(info, picks):
 
 @verbose
 def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
-                           use_packaged=True, verbose=None):
-    """Fixed-orientation EEG forward model on the fsaverage template.
+                           use_packaged=True, fixed=True, verbose=None):
+    """EEG forward model on the fsaverage template (fixed orientation by default).
 
     Parameters
     ----------
@@ -215,12 +215,20 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     use_packaged : bool
         Use the precomputed default forward shipped in the package when
         ``info`` matches the default montage (no BEM computation).
+    fixed : bool
+        ``True``: fixed orientation, normal to the cortex (what the learned
+        solver uses). ``False``: free orientation in surface coordinates
+        (``surf_ori=True``), which :func:`mne.minimum_norm.make_inverse_operator`
+        needs for ``loose`` and ``depth`` weighting; the learned solver
+        accepts it too (it takes the normal component), so one forward serves
+        dSPM/sLORETA/eLORETA and the learned solver.
     %(verbose)s
 
     Returns
     -------
     fwd : mne.Forward
-        Forward with ``n_channels`` EEG channels and fixed-orientation sources.
+        Forward with ``n_channels`` EEG channels, fixed- or free-orientation
+        sources.
 
     Notes
     -----
@@ -228,6 +236,9 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     positions, spacing and head model), so a second call only reads a file.
     """
     _check_spacing(spacing)
+    if not isinstance(fixed, bool):
+        raise TypeError(f"fixed must be a bool, got {type(fixed).__name__}")
+    read = _read_fixed if fixed else _read_surf_ori
     info = default_info() if info is None else info
     picks = _check_eeg_info(info)
     subjects_dir = fetch_fsaverage_head(source=source)
@@ -238,14 +249,14 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     default_key = _forward_key(default_info(), np.arange(90), "ico3", "embedded-ico4")
     if use_packaged and key == default_key and packaged.is_file():
         with resources.as_file(packaged) as path:
-            return _read_fixed(path)
+            return read(path)
     fname = get_data_dir("forward") / f"{SUBJECT}-{spacing}-{key}-fwd.fif"
     if fname.is_file():
         logger.info(f"Reading cached forward {fname.name}")
-        return _read_fixed(fname)
+        return read(fname)
     fwd = _compute_forward(_eeg_info(info, picks), subjects_dir, spacing, source)
     mne.write_forward_solution(fname, fwd, overwrite=True, verbose=False)
-    return _read_fixed(fname)  # identical to what later cached calls return
+    return read(fname)  # identical to what later cached calls return
 
 
 def _to_fixed(fwd):
@@ -255,6 +266,11 @@ def _to_fixed(fwd):
 
 def _read_fixed(fname):
     return _to_fixed(mne.read_forward_solution(fname, verbose=False))
+
+
+def _read_surf_ori(fname):
+    return mne.convert_forward_solution(mne.read_forward_solution(fname, verbose=False),
+                                        surf_ori=True, use_cps=True, verbose=False)
 
 
 def _compute_forward(info, subjects_dir, spacing, source):

@@ -6,25 +6,35 @@ solver (``mne_learned_mm.solver``) → least-squares amplitude scaling →
 :class:`mne.SourceEstimate` in A·m.
 """
 
+import contextlib
+import copy
 import inspect
 import json
+import operator
 import warnings
+from pathlib import Path
 
 import mne
 import numpy as np
 import torch
-from mne.utils import fill_doc, logger, verbose
+from mne.cov import compute_whitener, prepare_noise_cov
+from mne.proj import make_eeg_average_ref_proj, make_projector
+from mne.utils import fill_doc, logger, verbose, warn
 from scipy import sparse
 
+from ._config import check_device, check_n_jobs
 from .pretrained import DEFAULT_MODEL, load_model
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
-
-
-def _pick_device(device):
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+#: Fewest good EEG channels accepted: the average reference leaves n - 1 dimensions and
+#: the cosine data term needs at least two of them.
+MIN_CHANNELS = 3
+#: Below this many channels a warning says that localization degrades (the shipped
+#: model is measured on 32 to 128 channels, benchmarks/RESULTS.md).
+FEW_CHANNELS = 16
+_BOUNDS = ("analytic", "hvp", "min", "none")
+#: Parameters that :meth:`LearnedMMInverse.fit` uses; changing one needs a new fit.
+_FIT_PARAMS = ("model", "n_iter", "bound", "device", "deflate")
 
 
 @fill_doc
@@ -42,10 +52,11 @@ class LearnedMMInverse:
         10-20 montage, SEREEGA-style training data) or a model directory
         written by the training CLI.
     n_iter : int | None
-        Number of MM iterations; ``None`` uses the model's trained value.
+        Number of MM iterations (a positive integer); ``None`` uses the
+        model's trained value.
     bound : "analytic" | "hvp" | "min" | "none" | None
         Curvature bound used in the projection; ``None`` uses the model's.
-    device : "auto" | "cpu" | "cuda" | torch.device
+    device : "auto" | "cpu" | "cuda" | "cuda:<index>" | torch.device
         Where to solve. ``"auto"`` uses a GPU when available.
     batch_size : int
         Number of epochs solved at once.
@@ -56,6 +67,11 @@ class LearnedMMInverse:
         beside a strong one are localised better, at three times the cost and
         with some spurious activity when there is only one source (measured
         in ``benchmarks/RESULTS.md``, seventh session).
+    n_jobs : int | None
+        Number of CPU threads torch uses during :meth:`apply` (MNE's
+        convention: ``None`` is 1 unless ``MNE_N_JOBS`` is set, ``-1`` all
+        cores). One thread is the fastest on a busy machine; more pay on an
+        idle multi-core machine with large batches.
     %(verbose)s
 
     Attributes
@@ -64,6 +80,8 @@ class LearnedMMInverse:
         The model's configuration (source space, sampling rate, training).
     fwd_ : mne.Forward
         The forward restricted to the model's sources, fixed orientation.
+    noise_cov_ : mne.Covariance | None
+        The noise covariance given to :meth:`fit`.
     history_ : dict
         Of the last solve: ``cost`` (n_batch, n_iter + 1) lower-level cost per
         iteration, ``n_shrinks`` and ``rejected`` (n_batch, n_iter) from the
@@ -72,6 +90,16 @@ class LearnedMMInverse:
 
     Notes
     -----
+    As :func:`mne.minimum_norm.apply_inverse`, the solver applies all
+    projectors in ``info["projs"]`` of the data (active or not) to data and
+    gain, together with the average reference, and whitens both with the
+    noise covariance when one is given (:func:`mne.cov.compute_whitener`,
+    rank estimated after projection).
+
+    At least ``MIN_CHANNELS`` (3) good EEG channels are needed; below 16 a
+    warning says that localization degrades (the shipped model is measured
+    on 32 to 128 channels).
+
     The learned prior assumes what it was trained on: extended cortical
     patches (about 1 cm across and larger). A focal, dipole-like source is
     explained by an extended patch instead, often 1-3 cm away; for such
@@ -80,14 +108,26 @@ class LearnedMMInverse:
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
-                 batch_size=64, deflate=False, verbose=None):
+                 batch_size=64, deflate=False, n_jobs=None, verbose=None):
         self.model = model
         self.n_iter = n_iter
         self.bound = bound
         self.device = device
         self.batch_size = batch_size
         self.deflate = deflate
+        self.n_jobs = n_jobs
         self.verbose = verbose
+
+    def __repr__(self):
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
+                           if k != "verbose")
+        if not hasattr(self, "fwd_"):
+            state = "not fitted"
+        else:
+            state = (f"fitted: {self.fwd_['nchan']} EEG channels × {self.fwd_['nsource']} "
+                     f"sources, noise_cov={'yes' if self.noise_cov_ is not None else 'no'}, "
+                     f"device={str(self.device_)!r}")
+        return f"<LearnedMMInverse | {params} | {state}>"
 
     # -- scikit-learn style parameters -------------------------------------
     @classmethod
@@ -107,6 +147,11 @@ class LearnedMMInverse:
     def set_params(self, **params):
         """Set the estimator's parameters.
 
+        Changing a parameter that :meth:`fit` uses (``model``, ``n_iter``,
+        ``bound``, ``device``, ``deflate``) on a fitted estimator makes
+        :meth:`apply` refuse until :meth:`fit` is called again;
+        ``batch_size``, ``n_jobs`` and ``verbose`` take effect at once.
+
         Returns
         -------
         self : LearnedMMInverse
@@ -118,32 +163,75 @@ class LearnedMMInverse:
             setattr(self, key, value)
         return self
 
-    def save(self, fname):
-        """Save the parameters (JSON).
+    def save(self, fname, *, overwrite=False):
+        """Save the estimator: parameters (JSON) and, if fitted, its state.
+
+        A fitted estimator also writes its forward (``<fname>-fwd.fif``,
+        the model's sources in fixed orientation) and its noise covariance
+        (``<fname>-cov.fif``) beside the JSON file; :meth:`load` fits again
+        from them.
 
         Parameters
         ----------
         fname : path-like
             Output file, conventionally ending in ``-lmm.json``.
+        overwrite : bool
+            Replace existing files.
         """
-        params = {k: (str(v) if not isinstance(v, (int, float, type(None))) else v)
+        fname = Path(fname)
+        stem = fname.name[:-5] if fname.name.endswith(".json") else fname.name
+        files = {"fwd": f"{stem}-fwd.fif", "noise_cov": f"{stem}-cov.fif"}
+        fitted = hasattr(self, "fwd_")
+        targets = [fname]
+        if fitted:
+            targets.append(fname.parent / files["fwd"])
+            if self.noise_cov_ is not None:
+                targets.append(fname.parent / files["noise_cov"])
+        existing = [str(t) for t in targets if t.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f'Destination file exists. Please use option "overwrite=True" to force '
+                f"overwriting of: {', '.join(existing)}")
+        params = {k: (v if isinstance(v, (bool, int, float, type(None))) else str(v))
                   for k, v in self.get_params().items()}
+        content = {"LearnedMMInverse": params}
+        if fitted:
+            with warnings.catch_warnings():
+                # MNE writes the free-orientation original and says so; load() fits
+                # (converts to fixed orientation) again
+                warnings.filterwarnings("ignore", "This forward solution is based on",
+                                        RuntimeWarning)
+                mne.write_forward_solution(targets[1], self.fwd_, overwrite=True,
+                                           verbose=False)
+            state = {"fwd": files["fwd"], "noise_cov": None}
+            if self.noise_cov_ is not None:
+                self.noise_cov_.save(targets[2], overwrite=True, verbose=False)
+                state["noise_cov"] = files["noise_cov"]
+            content["fitted"] = state
         with open(fname, "w") as fid:
-            json.dump({"LearnedMMInverse": params}, fid, indent=2)
+            json.dump(content, fid, indent=2)
 
     @classmethod
     def load(cls, fname):
-        """Load an estimator saved with :meth:`save`.
+        """Load an estimator saved with :meth:`save` (fitted again if it was).
 
         Returns
         -------
         inv : LearnedMMInverse
         """
+        fname = Path(fname)
         with open(fname) as fid:
             content = json.load(fid)
         if "LearnedMMInverse" not in content:
             raise ValueError(f"{fname} is not a LearnedMMInverse file")
-        return cls(**content["LearnedMMInverse"])
+        inv = cls(**content["LearnedMMInverse"])
+        state = content.get("fitted")
+        if state:
+            fwd = mne.read_forward_solution(fname.parent / state["fwd"], verbose=False)
+            cov = (mne.read_cov(fname.parent / state["noise_cov"], verbose=False)
+                   if state.get("noise_cov") else None)
+            inv.fit(fwd, cov, verbose=False)
+        return inv
 
     # -- fit ---------------------------------------------------------------
     @verbose
@@ -155,7 +243,9 @@ class LearnedMMInverse:
         fwd : mne.Forward
             EEG forward model on a surface source space.
         noise_cov : mne.Covariance | None
-            Noise covariance used to whiten data and gain. ``None``: no
+            Noise covariance used to whiten data and gain (e.g.
+            :func:`mne.compute_covariance` on the baseline,
+            ``tmax=0``, or :func:`mne.make_ad_hoc_cov`). ``None``: no
             whitening (white sensor noise is assumed).
         %(verbose)s
 
@@ -163,15 +253,24 @@ class LearnedMMInverse:
         -------
         self : LearnedMMInverse
         """
-        self.device_ = _pick_device(self.device)
-        self.solver_, self.config_ = load_model(
-            self.model, device=self.device_, n_iter=self.n_iter, bound=self.bound)
-        self.fwd_ = _fixed_surface_forward(fwd)
-        self.fwd_ = _restrict_to_model(self.fwd_, self.config_)
+        n_iter = _check_n_iter(self.n_iter)
+        if self.bound is not None and self.bound not in _BOUNDS:
+            raise ValueError(f"bound must be one of {', '.join(map(repr, _BOUNDS))} or "
+                             f"None (the model's), got {self.bound!r}")
+        _check_batch_size(self.batch_size)
+        check_n_jobs(self.n_jobs)
+        fwd_fixed = _fixed_surface_forward(fwd)
+        _check_noise_cov(noise_cov, fwd_fixed["info"]["ch_names"])
+        device = check_device(self.device)
+        solver, config = load_model(self.model, device=device, n_iter=n_iter, bound=self.bound)
+        self.device_ = device
+        self.solver_, self.config_ = solver, config
+        self.fwd_ = _restrict_to_model(fwd_fixed, self.config_)
         self.noise_cov_ = noise_cov
         self.sfreq_model_ = float(self.config_["sfreq"])
         self.neighbours_ = (_ring_neighbours(self.fwd_).to(self.device_) if self.deflate
                             else None)  # on the solve's device once, not per batch
+        self._fit_params = {k: self.get_params()[k] for k in _FIT_PARAMS}
         return self
 
     # -- apply -------------------------------------------------------------
@@ -182,10 +281,11 @@ class LearnedMMInverse:
         Parameters
         ----------
         inst : mne.Evoked | mne.Epochs
-            EEG data.
+            EEG data. Epochs may be lazy (``preload=False``): they are read
+            once, bad epochs dropped as :meth:`mne.Epochs.get_data` does.
         return_residual : bool
-            Also return the residual (average-referenced data minus the
-            predicted data) as the same type as ``inst``.
+            Also return the residual (projected, average-referenced data
+            minus the predicted data) as the same type as ``inst``.
         %(verbose)s
 
         Returns
@@ -197,15 +297,26 @@ class LearnedMMInverse:
         """
         if not hasattr(self, "fwd_"):
             raise RuntimeError("Call fit(fwd) before apply().")
+        changed = [k for k, v in self._fit_params.items() if self.get_params()[k] != v]
+        if changed:
+            raise RuntimeError(
+                f"Parameter(s) {', '.join(changed)} changed since fit(): call "
+                "fit(fwd, noise_cov) again before apply().")
         is_epochs = isinstance(inst, mne.BaseEpochs)
         if not (is_epochs or isinstance(inst, mne.Evoked)):
             raise TypeError(f"inst must be Evoked or Epochs, got {type(inst).__name__}")
-        picks, G, W = self._prepare_gain(inst.info)
-        data = inst.get_data()[:, picks] if is_epochs else inst.data[picks][None]
+        _check_batch_size(self.batch_size)
+        n_threads = check_n_jobs(self.n_jobs)
+        picks, P, G, W = self._prepare_gain(inst.info)
+        data = inst.get_data(picks=picks) if is_epochs else inst.data[picks][None]
+        if is_epochs and len(data) == 0:
+            raise ValueError("The epochs hold no epoch (all dropped?): nothing to solve.")
         _check_data(data)
-        Y = _average_reference(data)
+        Y = np.einsum("ij,bjt->bit", P, data)
+        _check_flat(Y, data)
         Gw, Yw = (W @ G, np.einsum("ij,bjt->bit", W, Y)) if W is not None else (G, Y)
-        X = self._solve(Yw, Gw, inst.info["sfreq"])
+        with _torch_threads(n_threads):
+            X = self._solve(Yw, Gw, inst.info["sfreq"])
         X *= _amplitude_scale(Yw, Gw, X)[:, None, None]
         stcs = [self._to_stc(x, inst) for x in X]
         out = stcs if is_epochs else stcs[0]
@@ -214,12 +325,24 @@ class LearnedMMInverse:
         return out, _residual(inst, picks, Y - np.einsum("ij,bjt->bit", G, X))
 
     def _prepare_gain(self, info):
-        picks = mne.pick_types(info, meg=False, eeg=True, exclude="bads")
+        """Picks, projector P, projected gain P G and whitener W (or None)."""
+        exclude = list(info["bads"])
+        if self.noise_cov_ is not None:
+            exclude += [ch for ch in self.noise_cov_["bads"] if ch not in exclude]
+        picks = mne.pick_types(info, meg=False, eeg=True, exclude=exclude)
         if len(picks) == 0:
             n_eeg = len(mne.pick_types(info, meg=False, eeg=True, exclude=()))
             raise ValueError(
                 "No EEG channels found in the data" if n_eeg == 0 else
                 f"All {n_eeg} EEG channels are marked as bad: nothing left to solve with.")
+        if len(picks) < MIN_CHANNELS:
+            raise ValueError(
+                f"Too few EEG channels: {len(picks)} good channel(s), the learned MM solver "
+                f"needs at least {MIN_CHANNELS} (after the average reference, n - 1 "
+                "dimensions remain for the data term).")
+        if len(picks) < FEW_CHANNELS:
+            warn(f"Only {len(picks)} good EEG channels: source localization degrades "
+                 f"with few channels (the shipped model is measured on 32 to 128).")
         ch_names = [info["ch_names"][k] for k in picks]
         missing = sorted(set(ch_names) - set(self.fwd_["info"]["ch_names"]))
         if missing:
@@ -229,14 +352,22 @@ class LearnedMMInverse:
                 "them as bad, or compute a forward for this montage "
                 "(mne_learned_mm.make_fsaverage_forward(info)).")
         fwd = mne.pick_channels_forward(self.fwd_, ch_names, ordered=True, verbose=False)
-        G = _average_reference(fwd["sol"]["data"][None])[0]
-        logger.info(f"Using {len(ch_names)} EEG channels, average reference applied to "
-                    "data and gain")
+        info_eeg = _projected_info(info, picks)
+        P, n_proj = _projector(info_eeg)
+        G = P @ fwd["sol"]["data"]
+        extra = n_proj - 1
+        logger.info(f"Using {len(ch_names)} EEG channels, average reference"
+                    + (f" and {extra} other projector(s)" if extra else "")
+                    + " applied to data and gain")
+        if len(ch_names) - n_proj < 2:
+            raise ValueError(
+                f"The projectors leave {len(ch_names) - n_proj} dimension(s) of the "
+                f"{len(ch_names)} channels: too few for the data term.")
         W = None
         if self.noise_cov_ is not None:
-            W = _whitener(self.noise_cov_, mne.pick_info(info, picks))
+            W = _whitener(self.noise_cov_, info_eeg, ch_names)
             logger.info("Whitening data and gain with the noise covariance")
-        return picks, G, W
+        return picks, P, G, W
 
     def _solve(self, Y, G, sfreq):
         n_times = Y.shape[-1]
@@ -248,8 +379,9 @@ class LearnedMMInverse:
                                     verbose=False)
         L = torch.as_tensor(G, dtype=torch.float32, device=self.device_)
         out, hist = [], []
-        for start in range(0, len(Y), self.batch_size):
-            Yb = torch.as_tensor(Y[start:start + self.batch_size], dtype=torch.float32,
+        batch_size = int(self.batch_size)
+        for start in range(0, len(Y), batch_size):
+            Yb = torch.as_tensor(Y[start:start + batch_size], dtype=torch.float32,
                                  device=self.device_)
             X, history = self.solver_.solve(Yb, L, neighbours=self.neighbours_)
             out.append(X.detach().cpu().double().numpy())
@@ -260,6 +392,10 @@ class LearnedMMInverse:
             X = mne.filter.resample(X, up=sfreq, down=self.sfreq_model_, npad="auto",
                                     verbose=False)
             X = _fit_length(X, n_times)
+        if not np.isfinite(X).all():
+            raise RuntimeError(
+                "The solver returned NaN or infinite sources: the model's weights or the "
+                "data are broken (check the model with mne_learned_mm.pretrained.load_state).")
         return X
 
     def _to_stc(self, X, inst):
@@ -270,29 +406,38 @@ class LearnedMMInverse:
 
 
 @verbose
-def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=None,
-                     device="auto", deflate=False, return_residual=False, verbose=None):
+def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=None,
+                     bound=None, device="auto", batch_size=64, deflate=False, n_jobs=None,
+                     return_residual=False, verbose=None):
     """Estimate sources with the learned MM solver.
 
     Parameters
     ----------
-    evoked : mne.Evoked | mne.Epochs
-        EEG data (any reference; the average reference is applied internally).
+    inst : mne.Evoked | mne.Epochs
+        EEG data (any reference; the average reference and the projectors in
+        ``info["projs"]`` are applied internally).
     fwd : mne.Forward
         EEG forward model on the model's source space (fsaverage ico3 for the
         default model). Free-orientation surface forwards are converted to
         fixed (surface-normal) orientation.
     noise_cov : mne.Covariance | None
-        Optional noise covariance for whitening.
+        Optional noise covariance for whitening (e.g.
+        ``mne.compute_covariance(epochs, tmax=0)``).
     model : str | path-like
         Packaged model name or model directory.
     n_iter : int | None
         Number of MM iterations (``None``: the model's).
-    device : "auto" | "cpu" | "cuda"
+    bound : "analytic" | "hvp" | "min" | "none" | None
+        Curvature bound (``None``: the model's).
+    device : "auto" | "cpu" | "cuda" | "cuda:<index>"
         Where to solve.
+    batch_size : int
+        Number of epochs solved at once.
     deflate : bool
         Solve a second time after removing the strongest source (see
         :class:`~mne_learned_mm.LearnedMMInverse`).
+    n_jobs : int | None
+        CPU threads (see :class:`~mne_learned_mm.LearnedMMInverse`).
     return_residual : bool
         Also return the residual.
     %(verbose)s
@@ -309,9 +454,10 @@ def apply_learned_mm(evoked, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter
     The model assumes extended sources; see the Notes of
     :class:`~mne_learned_mm.LearnedMMInverse` for focal ones.
     """
-    inv = LearnedMMInverse(model=model, n_iter=n_iter, device=device, deflate=deflate)
+    inv = LearnedMMInverse(model=model, n_iter=n_iter, bound=bound, device=device,
+                           batch_size=batch_size, deflate=deflate, n_jobs=n_jobs)
     inv.fit(fwd, noise_cov)
-    return inv.apply(evoked, return_residual=return_residual)
+    return inv.apply(inst, return_residual=return_residual)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -346,7 +492,8 @@ def _fixed_surface_forward(fwd):
                     "(surface normal)")
         fwd = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
                                            use_cps=True, verbose=False)
-    return mne.pick_types_forward(fwd, meg=False, eeg=True)
+    with mne.utils.use_log_level("warning"):  # no "90 out of 90 channels remain" line
+        return mne.pick_types_forward(fwd, meg=False, eeg=True)
 
 
 def _restrict_to_model(fwd, config):
@@ -379,27 +526,126 @@ def _average_reference(data):
     return data - data.mean(axis=-2, keepdims=True)
 
 
+def _check_n_iter(n_iter):
+    if n_iter is None:
+        return None
+    if isinstance(n_iter, bool):
+        raise TypeError(f"n_iter must be a positive int or None, got {n_iter!r}")
+    try:
+        value = operator.index(n_iter)
+    except TypeError:
+        raise TypeError(f"n_iter must be a positive int or None, got {n_iter!r} "
+                        f"({type(n_iter).__name__})") from None
+    if value < 1:
+        raise ValueError(f"n_iter must be a positive int (MM iterations) or None, got {value}")
+    return value
+
+
+def _check_batch_size(batch_size):
+    try:
+        value = operator.index(batch_size)
+    except TypeError:
+        raise TypeError(f"batch_size must be a positive int, got {batch_size!r}") from None
+    if value < 1 or isinstance(batch_size, bool):
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+
+def _check_noise_cov(noise_cov, fwd_ch_names):
+    """Refuse a bad covariance at fit time, in MNE's words."""
+    if noise_cov is None:
+        return
+    if not isinstance(noise_cov, mne.Covariance):
+        raise TypeError(
+            f"noise_cov must be an instance of Covariance or None, got "
+            f"{type(noise_cov).__name__} (e.g. mne.compute_covariance(epochs, tmax=0) or "
+            "mne.make_ad_hoc_cov(info))")
+    common = set(noise_cov["names"]) & set(fwd_ch_names)
+    if not common:
+        raise ValueError(
+            "The noise covariance has none of the forward's EEG channels "
+            f"(covariance: {noise_cov['names'][:5]}..., forward: {fwd_ch_names[:5]}...).")
+    data = noise_cov["data"]
+    diag = data if noise_cov["diag"] else np.diag(data)
+    if not np.isfinite(data).all():
+        raise ValueError("The noise covariance contains NaN or infinite values.")
+    if (diag < 0).any():
+        raise ValueError("The noise covariance has negative variances: it is not a "
+                         "covariance matrix.")
+    if not noise_cov["diag"] and not np.allclose(data, data.T, rtol=1e-6,
+                                                 atol=1e-12 * max(np.abs(diag).max(), 1e-300)):
+        raise ValueError("The noise covariance matrix is not symmetric.")
+    idx = [noise_cov["names"].index(ch) for ch in sorted(common)]
+    if not (diag[idx] > 0).any():
+        raise ValueError("The noise covariance is zero on all EEG channels of the forward.")
+
+
+def _projected_info(info, picks):
+    """EEG info of the picked channels: their projectors (all, as MNE's inverse) and the
+    average reference, no bads."""
+    info = mne.pick_info(info, picks, verbose=False)
+    projs = []
+    for proj in info["projs"]:
+        if proj["desc"] == "Average EEG reference":
+            continue  # replaced by a fresh one on these channels
+        proj = copy.deepcopy(proj)
+        proj["active"] = True
+        projs.append(proj)
+    with info._unlock():
+        info["bads"] = []
+        info["projs"] = projs
+    avg = make_eeg_average_ref_proj(info, activate=True, verbose=False)
+    with info._unlock():
+        info["projs"] = [avg] + projs
+    return info
+
+
+def _projector(info):
+    """Projector of all of ``info["projs"]`` on its channels, and its rank deficit."""
+    P, _, U = make_projector(info["projs"], info["ch_names"], include_active=True)
+    return P, U.shape[1]
+
+
+def _whitener(noise_cov, info, ch_names):
+    """Whitener of the projected channels, as mne.minimum_norm builds it."""
+    missing = [ch for ch in ch_names if ch not in noise_cov["names"]]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} EEG channel(s) of the data are missing from the noise "
+            f"covariance: {missing[:10]}. Compute the covariance on the same channels, or "
+            "mark them as bad.")
+    cov = prepare_noise_cov(noise_cov, info, ch_names, rank=None, verbose=False)
+    W, _ = compute_whitener(cov, info, picks=ch_names, pca=False, rank=None, verbose=False)
+    return W
+
+
 def _check_data(data):
     if not np.isfinite(data).all():
         raise ValueError("The data contain NaN or infinite values; interpolate or drop "
                          "the affected channels or epochs first.")
-    centred = _average_reference(data)
+
+
+def _check_flat(Y, data):
+    """``Y``: projected (average-referenced) ``data``, shape (n_batch, n_channels, n_times)."""
     scale = np.abs(data).max(axis=(1, 2))
-    flat = np.linalg.norm(centred, axis=(1, 2)) <= 1e-12 * np.maximum(scale, 1e-30)
-    flat |= scale == 0
+    norm = np.linalg.norm(Y, axis=(1, 2))
+    flat = (norm <= 1e-12 * np.maximum(scale, 1e-300)) | (scale == 0)
     if flat.any():
         raise ValueError(
             f"{int(flat.sum())} epoch(s)/evoked are flat (all zero or constant over "
-            "channels after average reference): the cosine data term is undefined.")
+            "channels after average reference and projectors): the cosine data term is "
+            "undefined.")
 
 
-def _whitener(noise_cov, info):
-    info = info.copy()
-    with info._unlock():
-        info["projs"] = [mne.make_eeg_average_ref_proj(info, activate=True, verbose=False)]
-        info["bads"] = []
-    W, _ = mne.cov.compute_whitener(noise_cov, info, pca=False, verbose=False)
-    return W
+@contextlib.contextmanager
+def _torch_threads(n_threads):
+    old = torch.get_num_threads()
+    if n_threads != old:
+        torch.set_num_threads(n_threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
 
 
 def _amplitude_scale(Y, G, X):
@@ -422,7 +668,15 @@ def _merge_histories(histories):
 
 
 def _residual(inst, picks, res):
-    out = inst.copy().pick([inst.ch_names[k] for k in picks])
+    names = [inst.ch_names[k] for k in picks]
+    if isinstance(inst, mne.BaseEpochs) and not inst.preload:
+        # lazy epochs: get_data() has read them once (dropping bad epochs); build the
+        # residual from the arrays instead of reading the raw data again
+        info = mne.pick_info(inst.info, picks, verbose=False)
+        return mne.EpochsArray(res, info, events=inst.events, tmin=inst.tmin,
+                               event_id=inst.event_id, metadata=inst.metadata,
+                               baseline=None, verbose=False)
+    out = inst.copy().pick(names, verbose=False)
     if isinstance(out, mne.BaseEpochs):
         out._data = res.astype(out._data.dtype)
     else:

@@ -126,3 +126,26 @@ def test_assets_are_package_data():
     assets = resources.files("mne_learned_mm") / "_assets"
     names = {p.name for p in assets.iterdir()}
     assert {"fsaverage_head.tar.gz", "fsaverage-ico3-default-fwd.fif"} <= names
+
+
+def test_declared_mne_range_holds():
+    """setup.cfg's mne range is the real one: floor 1.13 (colin27_1020), ceiling 1.15."""
+    import configparser
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    root = Path(__file__).parents[1]
+    if not (root / "setup.cfg").is_file():
+        pytest.skip("not running from a source checkout")
+    cfg = configparser.ConfigParser()
+    cfg.read(root / "setup.cfg")
+    reqs = [Requirement(line) for line in cfg["options"]["install_requires"].splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+    (mne_req,) = [r for r in reqs if r.name == "mne"]
+    assert Version(mne.__version__) in mne_req.specifier
+    assert Version("1.12.1") not in mne_req.specifier  # no colin27_1020 before 1.13
+    assert Version("1.13.0") in mne_req.specifier
+    assert Version("1.15.0") not in mne_req.specifier  # matplotlib 3-D stc.plot removed
+    assert "colin27_1020" in mne.channels.get_builtin_montages()
