@@ -262,3 +262,79 @@ def test_ddp_two_processes_keep_replicas_identical(small_fwd_fname, tmp_path):
 def test_bad_stage(small_fwd_fname, tmp_path):
     with pytest.raises(ValueError, match="stage must be"):
         train(_cfg(small_fwd_fname, tmp_path / "x", stage="nope"))
+
+
+# -- the training CLI (issue 19, item 11) ---------------------------------------------
+def _cli(small_fwd_fname, out, *extra):
+    return ["--fwd", small_fwd_fname, "--n-train", "16", "--n-val", "4", "--batch-size", "4",
+            "--epochs", "2", "--solver", json.dumps(TINY_SOLVER), "--num-threads", "1",
+            "--out", str(out), "--verbose", "warning", *extra]
+
+
+def test_cli_help_has_descriptions_and_choices():
+    from mne_learned_mm.training.__main__ import _parser
+
+    text = _parser().format_help()
+    assert "draw each SEREEGA/NMM patch's polarity at random" in text
+    assert "{sereega,nmm,evoked,mix,sereega+evoked}" in text
+    assert "{mm,4dvarnet}" in text and "number of epochs" in text
+    assert _parser().parse_args(["--random-sign"]).random_sign is True
+    assert _parser().parse_args(["--random-sign", "false"]).random_sign is False
+
+
+def test_cli_bad_data_and_empty_resume_write_nothing(tmp_path, capsys):
+    from mne_learned_mm.training.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["--data", "foo", "--out", str(tmp_path / "a")])
+    assert "invalid choice: 'foo'" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(SystemExit):
+        main(["--resume", "--out", str(tmp_path / "b")])
+    assert "nothing to resume" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+        train(_cfg(None, tmp_path / "c"), resume=True)
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(ValueError, match="n_train"):
+        train(_cfg(None, tmp_path / "d", n_train=2))
+    assert not (tmp_path / "d").exists()
+
+
+def test_cli_resume_reads_the_saved_config(small_fwd_fname, tmp_path):
+    from mne_learned_mm.training.__main__ import main
+
+    main(_cli(small_fwd_fname, tmp_path / "full"))
+    main(_cli(small_fwd_fname, tmp_path / "run", "--time-budget-min", "0"))  # one step
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 1
+    # no other option: the solver, data and budget come from the saved run; the budget
+    # is given again here (it is of this run, so it does not stop after one step)
+    main(["--resume", "--out", str(tmp_path / "run"), "--time-budget-min", "10"])
+    _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "run"))
+
+
+def test_resume_with_another_solver_is_a_clear_error(small_fwd_fname, tmp_path):
+    train(_cfg(small_fwd_fname, tmp_path / "m", epochs=1))
+    wider = dict(TINY_SOLVER, prior_hidden=16)
+    with pytest.raises(ValueError, match="another shape"):
+        train(_cfg(small_fwd_fname, tmp_path / "m", epochs=2, solver=wider), resume=True)
+
+
+def test_resume_with_more_epochs_stretches_the_schedule(small_fwd_fname, tmp_path):
+    train(_cfg(small_fwd_fname, tmp_path / "m", epochs=2, lr_min=1e-5))
+    train(_cfg(small_fwd_fname, tmp_path / "m", epochs=4, lr_min=1e-5), resume=True)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [0, 1, 2, 3]
+    # the cosine continues down to its floor over the new total instead of a new cycle
+    assert history[2]["lr"] < 0.5 * 1e-3 and history[-1]["lr"] == pytest.approx(1e-5)
+
+
+def test_time_budget_is_per_run(small_fwd_fname, tmp_path):
+    from mne_learned_mm.training import loop
+
+    train(_cfg(small_fwd_fname, tmp_path / "m", time_budget_min=0.0))  # one step
+    ck = torch.load(tmp_path / "m" / loop.CKPT, weights_only=False)
+    ck["state"]["elapsed"] = 1e6  # earlier runs took long
+    torch.save(ck, tmp_path / "m" / loop.CKPT)
+    train(_cfg(small_fwd_fname, tmp_path / "m", time_budget_min=10.0), resume=True)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    assert history[-1]["step"] == 8 and history[-1]["epoch"] == 1  # ran to the end

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from mne.utils import ProgressBar, logger
 
 from .. import __version__
+from .._config import check_device
 from ..evaluation.metrics import compute_metrics, seed_zone, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SereegaConfig, SimulatedDataset, default_config
@@ -51,11 +53,10 @@ def _init_distributed(device):
 
 
 def _pick_device(name, rank=0):
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and torch.cuda.device_count() > 1:
+    device = check_device(name)  # a clear error naming what is available
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    return torch.device(name)
+    return device
 
 
 # -- data ------------------------------------------------------------------------
@@ -211,13 +212,36 @@ def _save_checkpoint(out, module, opt, sched, state):
 def _load_checkpoint(out, module, opt, sched):
     # the checkpoint is our own file (optimizer state holds python scalars)
     ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)
-    module.load_state_dict(ck["model"])
+    try:
+        module.load_state_dict(ck["model"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"The checkpoint in {out} was written by a model of another shape than this "
+            f"configuration builds ({str(exc).splitlines()[1].strip()[:160]}...). Resume with "
+            f"the run's own configuration ({out / 'train_config.json'}: the CLI reads it "
+            "with --resume) or start a new run in another --out.") from None
     opt.load_state_dict(ck["opt"])
+    T_max = sched.T_max  # this run's schedule (a larger --epochs stretches it)
     sched.load_state_dict(ck["sched"])
+    _stretch_schedule(sched, T_max)
     torch.set_rng_state(ck["rng"]["torch"])
     np.random.set_state(ck["rng"]["numpy"])
     random.setstate(ck["rng"]["python"])
     return ck["state"]
+
+
+def _stretch_schedule(sched, T_max):
+    """Continue a cosine schedule over ``T_max`` steps in all: the learning rate at the
+    current step is put on the closed-form curve of the new length, so a resumed run
+    with more epochs keeps decaying instead of restarting the cosine's next cycle."""
+    if sched.T_max == T_max:
+        return
+    step = sched.last_epoch
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = sched.eta_min + (base - sched.eta_min) * (
+            1 + math.cos(math.pi * min(step, T_max) / T_max)) / 2
+    sched.T_max = T_max
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
 # -- validation ----------------------------------------------------------------------
@@ -299,6 +323,12 @@ def train(cfg, *, resume=False, verbose=None):
     -------
     out : pathlib.Path
     """
+    cfg.check()  # before anything is written
+    out = Path(cfg.out)
+    if resume and not (out / CKPT).is_file():
+        raise FileNotFoundError(
+            f"resume=True but there is no checkpoint to resume in {out} ({CKPT}); "
+            "start without resume")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     world, rank = _dist_info()
@@ -307,9 +337,8 @@ def train(cfg, *, resume=False, verbose=None):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     fwd = _load_forward(cfg)
+    out.mkdir(parents=True, exist_ok=True)
     train_sets, val = _datasets(cfg, fwd)
     L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1].to(device)
     K = tikhonov_operator(L, cfg.init_reg, cfg.init_operator)
@@ -339,6 +368,7 @@ def train(cfg, *, resume=False, verbose=None):
     if rank == 0:
         (out / "train_config.json").write_text(cfg.to_json())
     t_start = time.time() - state["elapsed"]
+    t_run = time.time()  # the time budget is of this run, not of the earlier ones
     last_ckpt = time.time()
     stop = False
     while state["epoch"] < cfg.epochs and not stop:
@@ -373,7 +403,7 @@ def train(cfg, *, resume=False, verbose=None):
             state["step"] += 1
             state["elapsed"] = time.time() - t_start
             budget = cfg.time_budget_min is not None and \
-                state["elapsed"] > 60 * cfg.time_budget_min
+                time.time() - t_run > 60 * cfg.time_budget_min
             if _agree(budget, world):
                 stop = True
                 break
