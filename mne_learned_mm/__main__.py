@@ -33,10 +33,11 @@ def _demo(args):
     ds = SimulatedDataset(fwd, kind="sereega", n_samples=args.n, seed=args.seed,
                           snr_db=args.snr)
     geo = ds.geometry
-    methods = {"learned MM": LearnedMMInverse(model=args.model, device=args.device).fit(fwd)
+    methods = {"learned MM": LearnedMMInverse(model=args.model, device=args.device,
+                                                 n_jobs=args.n_jobs).fit(fwd)
                .apply, "sLORETA": MinimumNorm("sLORETA")}
     results = {name: [] for name in methods}
-    seconds = {name: 0.0 for name in methods}
+    seconds = {name: [] for name in methods}
     for i in range(args.n):
         item = ds[i]
         evoked = sample_evoked(item["Y"], ds.info)
@@ -45,7 +46,7 @@ def _demo(args):
         for name, method in methods.items():
             t = time.perf_counter()
             stcs[name] = method(evoked) if name == "learned MM" else method(evoked, fwd, cov)
-            seconds[name] += time.perf_counter() - t
+            seconds[name].append(time.perf_counter() - t)
             results[name].append(compute_metrics(item["X"], stcs[name].data, item["seeds"],
                                                  item["patches"], geo.pos, geo.adjacency,
                                                  ds.sfreq))
@@ -57,12 +58,30 @@ def _demo(args):
     summaries = {}
     for name, rows in results.items():
         summaries[name] = summarize_metrics(rows)
-        summaries[name]["ms"] = {"mean": 1e3 * seconds[name] / args.n, "sd": 0.0,
-                                 "n_nan": 0, "n_inf": 0}
+        summaries[name]["ms"] = timing_summary(seconds[name])
     print(format_table({f"{args.snr:g}": summaries}))
     _figure(example, geo.pos, args.out)
     print(f"\nfigure saved to {args.out}")
     return 0
+
+
+def timing_summary(seconds):
+    """Mean and sd (ms) of per-sample times, in the form of a metric summary.
+
+    Parameters
+    ----------
+    seconds : list of float
+        Wall-clock time of each sample in s.
+
+    Returns
+    -------
+    summary : dict
+        ``mean``, ``sd`` (sample standard deviation, 0 for one sample), ``n``,
+        ``n_nan`` and ``n_inf``.
+    """
+    ms = 1e3 * np.asarray(seconds, float)
+    sd = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
+    return {"mean": float(ms.mean()), "sd": sd, "n": len(ms), "n_nan": 0, "n_inf": 0}
 
 
 def _figure(ex, pos, fname):
@@ -91,16 +110,26 @@ def _figure(ex, pos, fname):
     plt.close(fig)
 
 
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m mne_learned_mm")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="simulate, solve, compare with sLORETA")
-    demo.add_argument("--n", type=int, default=20, help="number of simulated evoked")
+    demo.add_argument("--n", type=_positive_int, default=20, help="number of simulated evoked")
     demo.add_argument("--snr", type=float, default=5.0, help="sensor SNR in dB")
-    demo.add_argument("--seed", type=int, default=42)
-    demo.add_argument("--model", default="default")
-    demo.add_argument("--device", default="auto")
-    demo.add_argument("--out", default="demo_learned_mm.png")
+    demo.add_argument("--seed", type=int, default=42, help="seed of the simulations")
+    demo.add_argument("--model", default="default", help="model name or directory")
+    demo.add_argument("--device", default="auto",
+                      help='where to solve: "auto", "cpu", "cuda" or "cuda:<index>"')
+    demo.add_argument("--n-jobs", type=int, default=None,
+                      help="CPU threads of the learned solver (default: 1)")
+    demo.add_argument("--out", default="demo_learned_mm.png", help="figure file")
     args = parser.parse_args(argv)
     return _demo(args)
 

@@ -1,6 +1,7 @@
 """Tests of the inverse-method registry and the benchmark (CLI included)."""
 
 import json
+from pathlib import Path
 
 import mne
 import numpy as np
@@ -300,3 +301,43 @@ def test_deflate_reaches_the_learned_method(fwd_default, monkeypatch):
     with pytest.raises(Stop):
         benchmark_mod.main(["--methods", "learned_mm", "--deflate", "--n", "1"])
     assert seen[0]["learned_mm"]["deflate"] and seen[0]["4dvarnet"]["deflate"]
+
+
+# -- the benchmark CLI advertises what exists (issue 19, item 12) ---------------------
+def test_cli_advertises_only_models_here(capsys):
+    from mne_learned_mm.evaluation.benchmark import _parser, default_models_here
+
+    only_shipped = {("learned_mm", "sereega"): "default"}
+    text = " ".join(_parser(only_shipped).format_help().split())
+    assert "--train-data" not in text and "--cross" not in text
+    assert "4dvarnet with --model 4dvarnet=PATH" in text
+    assert _parser(only_shipped).parse_args([]).methods[-1] == "learned_mm"
+    with pytest.raises(SystemExit):
+        _parser(only_shipped).parse_args(["--cross"])
+    here = default_models_here()
+    assert here[("learned_mm", "sereega")] == "default"
+    for model in here.values():  # every advertised model can be loaded
+        assert model == "default" or (Path(model) / "weights.pt").is_file()
+    both = {**only_shipped, ("learned_mm", "nmm"): "x"}
+    assert "--train-data {nmm,sereega}" in " ".join(_parser(both).format_help().split())
+
+
+def test_cli_n_zero_and_missing_default_model(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        main(["--n", "0", "--methods", "MNE"])
+    assert "expected a positive int, got 0" in capsys.readouterr().err
+    monkeypatch.setattr(benchmark_mod, "default_models_here",
+                        lambda: {("learned_mm", "sereega"): "default"})
+    with pytest.raises(SystemExit, match="No '4dvarnet' model trained on 'sereega'"):
+        main(["--methods", "4dvarnet", "--n", "1"])
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        run_benchmark(None, n_samples=0, methods={})
+
+
+def test_demo_timing_has_a_spread():
+    from mne_learned_mm.__main__ import timing_summary
+
+    summary = timing_summary([0.5, 0.7, 0.6])
+    assert summary["mean"] == pytest.approx(600.0)
+    assert summary["sd"] == pytest.approx(100.0)
+    assert timing_summary([0.5])["sd"] == 0.0

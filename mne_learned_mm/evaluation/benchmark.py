@@ -3,7 +3,7 @@
 Command line::
 
     python -m mne_learned_mm.evaluation.benchmark --data sereega --n 500 --snr 5 \\
-        --methods MNE dSPM sLORETA eLORETA MxNE gamma_map [--fwd file-fwd.fif] \\
+        --methods MNE dSPM sLORETA eLORETA MxNE gamma_map learned_mm [--fwd file-fwd.fif] \\
         [--model learned_mm=PATH 4dvarnet=PATH] [--train-data sereega|nmm | --cross] \\
         [--snr-sweep 0,5,10,20] [--channels 90|64|32] [--seed 42] [--random-sign] \\
         [--out-dir DIR]
@@ -48,7 +48,14 @@ import mne
 import numpy as np
 from mne.utils import logger, verbose
 
-from .methods import CLASSICAL, LEARNED, available_methods, make_method, stc_to_array
+from .methods import (
+    CLASSICAL,
+    DEFAULT_MODELS,
+    LEARNED,
+    available_methods,
+    make_method,
+    stc_to_array,
+)
 from .metrics import FOUND, METRIC_UNITS, METRICS, compute_metrics, summarize_metrics
 
 CHANNEL_SETS = {64: "biosemi64", 32: "biosemi32"}
@@ -228,6 +235,8 @@ def run_benchmark(fwd, *, data="sereega", n_samples=500, snr_db=5.0, methods=CLA
     """
     from ..simulation import SimulatedDataset, default_config
 
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive int, got {n_samples!r}")
     config = default_config(data, random_sign=True) if random_sign else None
     if isinstance(methods, dict):
         callables = dict(methods)
@@ -395,31 +404,81 @@ def _parse_models(items, methods):
     return models
 
 
-def _parser():
+def _models_dir():
+    """``benchmarks/models`` of a source checkout (benchmarked models not shipped)."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "models"
+    return path if path.is_dir() else None
+
+
+def default_models_here():
+    """The default models of the learned methods that exist on this machine.
+
+    A packaged model (:func:`mne_learned_mm.list_models`), or a directory of
+    ``benchmarks/models`` in a source checkout (``<name>`` or ``mm-<name>``).
+
+    Returns
+    -------
+    models : dict
+        ``{(method, train_data): model name or directory}``.
+    """
+    from ..pretrained import list_models
+
+    packaged, models_dir, out = set(list_models()), _models_dir(), {}
+    for key, name in DEFAULT_MODELS.items():
+        if name in packaged:
+            out[key] = name
+            continue
+        for candidate in (name, f"mm-{name}"):
+            if models_dir is not None and (models_dir / candidate / "config.json").is_file():
+                out[key] = str(models_dir / candidate)
+                break
+    return out
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive int, got {value}")
+    return value
+
+
+def _parser(models=None):
+    models = default_models_here() if models is None else models
+    learned_here = [m for m in LEARNED if any(k[0] == m for k in models)]
+    train_kinds = sorted({td for (m, td) in models if m == "learned_mm"})
     parser = argparse.ArgumentParser(
         prog="python -m mne_learned_mm.evaluation.benchmark",
         description="Benchmark EEG inverse methods on simulated data (LE, AUC, nMSE, "
                     "PSNR, TE and time per sample).")
     parser.add_argument("--data", default="sereega", choices=("sereega", "nmm", "evoked"),
                         help="simulation kind of the test set")
-    parser.add_argument("--n", type=int, default=500, help="number of test samples")
+    parser.add_argument("--n", type=_positive_int, default=500,
+                        help="number of test samples")
     parser.add_argument("--snr", type=float, default=None,
                         help="SNR in dB (default: the kind's, 5 dB; 5-20 dB for nmm)")
     parser.add_argument("--snr-sweep", default=None,
                         help="comma-separated SNRs in dB, e.g. 0,5,10,20 (overrides --snr)")
-    parser.add_argument("--methods", nargs="+", default=list(CLASSICAL),
-                        help=f"methods among {available_methods()}")
+    others = [m for m in LEARNED if m not in learned_here]
+    parser.add_argument("--methods", nargs="+", default=list(CLASSICAL) + ["learned_mm"],
+                        help=f"methods among {list(CLASSICAL) + learned_here}"
+                        + (f" ({', '.join(others)} with --model {others[0]}=PATH)"
+                           if others else "")
+                        + f" (default: {' '.join(CLASSICAL)} learned_mm)")
     parser.add_argument("--fwd", default=None,
                         help="forward solution file (default: fsaverage ico3, 90 channels)")
     parser.add_argument("--model", nargs="+", default=None, metavar="[METHOD=]MODEL",
                         help="model name or directory of a learned method (learned_mm by "
                              "default, or 4dvarnet=PATH)")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--train-data", default=None, choices=("sereega", "nmm"),
-                       help="training set of the default learned models (default: --data, "
-                            "sereega for evoked)")
-    group.add_argument("--cross", action="store_true",
-                       help="use the models trained on the other kind (sereega <-> nmm)")
+    if len(train_kinds) > 1:  # only when models trained on several kinds exist here
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument("--train-data", default=None, choices=train_kinds,
+                           help="training set of the default learned models (default: "
+                                "--data, sereega for evoked)")
+        group.add_argument("--cross", action="store_true",
+                           help="use the models trained on the other kind (sereega <-> nmm)")
     parser.add_argument("--channels", type=int, default=None,
                         help="use a spread subset of 64 or 32 of the channels")
     parser.add_argument("--seed", type=int, default=42, help="seed of the test set")
@@ -463,11 +522,11 @@ def _load_forward(fname):
 
 
 def _train_data(args):
-    if args.cross:
+    if getattr(args, "cross", False):
         if args.data == "evoked":
             raise SystemExit("--cross needs --data sereega or nmm")
         return "nmm" if args.data == "sereega" else "sereega"
-    if args.train_data is not None:
+    if getattr(args, "train_data", None) is not None:
         return args.train_data
     return "nmm" if args.data == "nmm" else "sereega"
 
@@ -485,7 +544,8 @@ def main(argv=None):
     files : dict
         Paths of the written ``md``, ``json`` and ``png`` files.
     """
-    args = _parser().parse_args(argv)
+    here = default_models_here()
+    args = _parser(here).parse_args(argv)
     mne.set_log_level("INFO" if args.verbose else "WARNING")
     methods = list(dict.fromkeys(args.methods))
     models = _parse_models(args.model, methods)
@@ -495,8 +555,13 @@ def main(argv=None):
     train_data = _train_data(args)
     options = {"MxNE": {"alpha": args.mxne_alpha}, "gamma_map": {"alpha": args.gamma_alpha}}
     for name in LEARNED:
-        options[name] = {"model": models.get(name), "train_data": train_data,
-                         "deflate": args.deflate}
+        model = models.get(name) or here.get((name, train_data))
+        if name in methods and model is None:
+            raise SystemExit(
+                f"No {name!r} model trained on {train_data!r} on this machine; give one with "
+                f"--model {name}=PATH (models here: "
+                f"{', '.join(f'{m} ({td})' for m, td in sorted(here)) or 'none'})")
+        options[name] = {"model": model, "train_data": train_data, "deflate": args.deflate}
     snrs = ([float(s) for s in args.snr_sweep.split(",")] if args.snr_sweep
             else [args.snr])
     t_start = time.perf_counter()
