@@ -7,8 +7,9 @@ Run::
     python benchmarks/bench_simulation.py --figure doc/_static/simulation_waveforms.png
 
 Prints a Markdown table: samples/s per kind (SEREEGA, NMM, evoked), the
-DataLoader path (collate, no workers) and the Jansen-Rit spike-bank
-generation time. BLAS and torch are limited to one thread.
+DataLoader path (collate, no workers), the patch bank's single topographies
+(:class:`~mne_learned_mm.simulation.bank.PatchBank`, batches of 4096) and the
+Jansen-Rit spike-bank generation time. BLAS and torch are limited to one thread.
 """
 
 import os
@@ -31,6 +32,7 @@ from mne_learned_mm.simulation import (  # noqa: E402
     jansen_rit,
     make_spike_bank,
 )
+from mne_learned_mm.simulation.bank import PatchBank  # noqa: E402
 
 N_SAMPLES = {"sereega": 5000, "nmm": 1000, "evoked": 200}
 
@@ -79,6 +81,20 @@ def bench_loader(ds, n, batch_size=64):
                 break
 
     return _rate(run, n)
+
+
+def bench_patch_bank(fwd, batch=4096):
+    t0 = time.perf_counter()
+    bank = PatchBank.from_forward(fwd)
+    t_init = time.perf_counter() - t0
+    gen = torch.Generator().manual_seed(0)
+
+    def run(m):
+        for _ in range(m // batch):
+            bank.sample(gen, batch)
+
+    y, x = bank.sample(gen, 1)
+    return bank, t_init, _rate(run, 20 * batch), tuple(y.shape[1:]), tuple(x.shape[1:])
 
 
 def bench_bank():
@@ -141,6 +157,9 @@ def main():
         print(f"| {kind} (`ds[i]`) | {y_shape} | {x_shape} | {rate:.0f} | {t_init:.2f} |")
     rate = bench_loader(datasets["sereega"], 2048)
     print(f"| sereega DataLoader (batch 64, collate, 0 workers) | | | {rate:.0f} | |")
+    bank, t_init, rate, y_shape, x_shape = bench_patch_bank(fwd)
+    print(f"| patch bank topographies ({bank.n_patches} patches, `bank.sample`, batch 4096) "
+          f"| {y_shape} | {x_shape} | {rate:.0f} | {t_init:.2f} |")
     t_bank, shape = bench_bank()
     print(f"\nJansen-Rit spike bank ({shape[0]} clips x {shape[1]} samples, "
           f"{NMMConfig().n_regions} regions in parallel, stochastic Heun): "

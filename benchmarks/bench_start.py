@@ -73,6 +73,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-rank", type=int, default=None,
                         help="override the amortized start's most temporal components")
+    parser.add_argument("--bound", default=None,
+                        help="override the MM bound (analytic, hvp, scaled, ...)")
     parser.add_argument("--n-threads", type=int, default=1)
     args = parser.parse_args()
     if args.n < 1:
@@ -89,7 +91,8 @@ def main():
         name, _, model = spec.partition("=")
         base = None
         for n_iter in args.n_iter:
-            pipe, config = load_model(model, n_iter=n_iter, max_rank=args.max_rank)
+            pipe, config = load_model(model, n_iter=n_iter, max_rank=args.max_rank,
+                                       bound=args.bound)
             scores, ms = _score(pipe, ds, items, args.batch)
             base = scores if base is None else base
             delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "

@@ -277,3 +277,22 @@ def test_projection():
     # scalar and infinite bounds
     q_inf = project_curvature(p, 1.0, torch.full((3,), math.inf, dtype=torch.float64))
     torch.testing.assert_close(q_inf, p.clamp_min(1.0))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_preconditioned_power_iteration_and_scaled_majorant(seed):
+    """Alg. 1 on P̃^{1/2} ∇²u P̃^{1/2} against the exact Hessian; Diag(1/p) ⪰ ∇²u."""
+    L, Y, X, prior = _problem(seed, eps=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    p_tilde = torch.rand(X.shape, generator=gen, dtype=torch.float64) * 10 + 0.1
+    lam_max, _, _ = hessian_power_iteration(X, Y, L, prior, 1.0, n_iter=400, generator=gen,
+                                            precond=p_tilde)
+    H = _hessian(X, Y, L, prior, 1.0)
+    root = p_tilde.reshape(-1).sqrt()
+    exact = _spectral_norm(root[:, None] * H * root[None])
+    assert lam_max.item() <= exact * (1 + 1e-10)
+    assert lam_max.item() == pytest.approx(exact, rel=1e-2)
+    p = p_tilde.reshape(-1) / exact  # the "scaled" bound with the exact scale
+    assert torch.linalg.eigvalsh(torch.diag(1 / p) - H).min().item() >= -1e-9
+    # and it is not the scalar bound: some p exceed 1/λ_max(∇²u)
+    assert p.max().item() > 1 / _spectral_norm(H)

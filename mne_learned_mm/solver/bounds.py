@@ -290,11 +290,13 @@ def _unit(v, eps=1e-30):
 
 
 def hessian_power_iteration(
-    X, Y, L, prior, lam=1.0, n_iter=10, v0=None, eps=DEFAULT_EPS, generator=None
+    X, Y, L, prior, lam=1.0, n_iter=10, v0=None, eps=DEFAULT_EPS, generator=None,
+    precond=None,
 ):
     """Alg. 1: power iteration on Hessian-vector products, per sample.
 
-    ``v ← ∇²u(x) v / ||∇²u(x) v||`` with the HVP from double backward. The
+    ``v ← ∇²u(x) v / ||∇²u(x) v||`` with the HVP from double backward (with
+    ``precond = p̃``: on ``P̃^{1/2} ∇²u(x) P̃^{1/2}``, ``P̃ = Diag(p̃)``). The
     estimate is ``||∇²u(x) v_{K-1}||`` for the last unit iterate, which is
     ``≥ |v_{K-1}ᵀ ∇²u v_{K-1}|`` (the Rayleigh quotient of Alg. 1, also
     returned), tends to the largest eigenvalue magnitude, never exceeds it,
@@ -311,11 +313,14 @@ def hessian_power_iteration(
         Gaussian vector shared by all samples (batch-independent results).
     generator : torch.Generator | None
         Random generator for the Gaussian start.
+    precond : Tensor, shape (n_batch, n_sources, n_times) | None
+        Positive diagonal ``p̃`` of the preconditioner (see above).
 
     Returns
     -------
     lam_max : Tensor, shape (n_batch,)
-        Estimate of ``max |λ(∇²u(x))|``.
+        Estimate of ``max |λ(∇²u(x))|`` (of the preconditioned Hessian with
+        ``precond``).
     v : Tensor, shape (n_batch, n_sources, n_times)
         Last unit iterate (dominant eigenvector estimate).
     rayleigh : Tensor, shape (n_batch,)
@@ -332,8 +337,13 @@ def hessian_power_iteration(
         v0 = torch.randn(x.shape[1:], generator=generator, dtype=x.dtype, device="cpu")
         v0 = v0.to(x.device).expand(x.shape)
     v = _unit(v0.detach().to(x))
+    root = None if precond is None else precond.detach().sqrt()
     for _ in range(n_iter):
-        (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)
+        if root is None:
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=v, retain_graph=True)
+        else:
+            (hv,) = torch.autograd.grad(grad, x, grad_outputs=root * v, retain_graph=True)
+            hv = root * hv
         lam_max = hv.reshape(hv.shape[0], -1).norm(dim=-1)
         rayleigh = batch_dot(v, hv)
         v = _unit(hv)

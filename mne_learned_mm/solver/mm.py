@@ -11,7 +11,7 @@ from .majorant import CurvatureNet, _expand, project_curvature, reference_invers
 from .objective import DEFAULT_EPS, batch_dot, cost_and_grad, lower_cost_terms
 from .prior import ConvAutoencoder
 
-BOUNDS = ("analytic", "hvp", "min", "none")
+BOUNDS = ("analytic", "hvp", "min", "none", "scaled")
 
 
 @dataclass
@@ -28,7 +28,12 @@ class MMConfig:
         Upper bound ν_hi on the inverse curvature: ``"analytic"`` (provable
         bound valid along the step, :func:`~.bounds.analytic_nu_hi`),
         ``"hvp"`` (``1/λ̂_max`` from Alg. 1), ``"min"`` (the smaller of the
-        two) or ``"none"`` (only the ν_lo clip; ablation).
+        two), ``"none"`` (only the ν_lo clip; ablation) or ``"scaled"``
+        (the learned shape ``p̃`` kept, its scale set to ``1/λ̂_max`` of
+        ``P̃^{1/2} ∇²u P̃^{1/2}`` by Alg. 1 on the preconditioned Hessian, so
+        that ``Diag(1/p) ⪰ ∇²u`` holds to the power iteration's accuracy and
+        ``p`` may exceed ``1/λ_max`` where the curvature is low; the
+        certificate checks each step).
     lam : float
         Weight λ of the prior term.
     nu_lo : float
@@ -133,7 +138,8 @@ class SolverHistory:
     frac_hi, frac_lo : Tensor, shape (n_batch, n_iter)
         Fraction of the entries of p clipped at ν_hi and at ν_lo.
     nu_hi : Tensor, shape (n_batch, n_iter)
-        Upper bound used (``inf`` for ``"none"``, NaN for the baseline).
+        Upper bound used (``inf`` for ``"none"``, NaN for the baseline; the
+        scale ``1/λ̂`` of the learned shape for ``"scaled"``).
     """
 
     cost: torch.Tensor
@@ -262,6 +268,16 @@ class LearnedMM(nn.Module):
             nu_hi = torch.minimum(nu_hi, hvp_nu_hi(lam_max, nu_lo))
         return nu_hi
 
+    def _scaled_curvature(self, X, Y, L, p_tilde, nu_lo, hvp_state):
+        """``p = p̃ / λ̂_max(P̃^{1/2} ∇²u P̃^{1/2})``; returns ``p`` and the scale ``1/λ̂``."""
+        cfg = self.config
+        shape = torch.maximum(p_tilde, _expand(nu_lo, p_tilde))
+        lam_max, hvp_state["v"], _ = hessian_power_iteration(
+            X, Y, L, self.prior, cfg.lam, cfg.hvp_iters, v0=hvp_state.get("v"),
+            eps=cfg.eps, generator=hvp_state["gen"], precond=shape)
+        scale = hvp_nu_hi(lam_max, torch.ones_like(lam_max))
+        return shape * _expand(scale, shape), scale
+
     def _certify(self, X, Y, L, u, g, p, create_graph):
         """Per-sample step factors ``2^-k`` (0 if rejected) passing the certificate.
 
@@ -357,8 +373,11 @@ class LearnedMM(nn.Module):
         p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, cfg.eps, stats)
         p_tilde, state = self.curvature(X, g, p_ref, state)
         nu_lo = cfg.nu_lo * p_ref
-        nu_hi = self._upper_bound(X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state)
-        p = project_curvature(p_tilde, nu_lo, nu_hi)
+        if cfg.bound == "scaled":
+            p, nu_hi = self._scaled_curvature(X, Y, L, p_tilde, nu_lo, hvp_state)
+        else:
+            nu_hi = self._upper_bound(X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state)
+            p = project_curvature(p_tilde, nu_lo, nu_hi)
         factor, shrinks, accepted, found = self._certify(X, Y, L, u, g, p, create_graph)
         X = torch.addcmul(X, _expand(factor, X), p * g, value=-cfg.gamma)
         if create_graph:
@@ -372,7 +391,8 @@ class LearnedMM(nn.Module):
                 stats = {k: _scatter(v, idx, stats_f[k]) for k, v in stats.items()}
         with torch.no_grad():
             pt = p_tilde.detach()
-            hi = _expand(nu_hi, pt)
+            hi = _expand(nu_hi if cfg.bound != "scaled" else torch.full_like(nu_hi, math.inf),
+                         pt)  # "scaled" clips nothing above
             lo = torch.minimum(_expand(nu_lo, pt), hi)
             size = pt[0].numel()
             rec.add(cost=u, n_shrinks=shrinks, rejected=~accepted,
