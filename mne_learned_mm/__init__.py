@@ -1,7 +1,12 @@
 """Learned Majorization-Minimization EEG inverse solver for MNE-Python."""
 
 from ._version import __version__
-from .head import default_info, fetch_fsaverage_head, make_fsaverage_forward
+from .head import (
+    default_info,
+    fetch_fsaverage_head,
+    fit_fsaverage_montage,
+    make_fsaverage_forward,
+)
 from .inverse import LearnedMMInverse, apply_learned_mm
 from .pretrained import fetch_pretrained, list_models
 
@@ -12,6 +17,7 @@ __all__ = [
     "default_info",
     "fetch_fsaverage_head",
     "fetch_pretrained",
+    "fit_fsaverage_montage",
     "list_models",
     "make_fsaverage_forward",
 ]

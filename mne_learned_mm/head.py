@@ -250,6 +250,7 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     if use_packaged and key == default_key and packaged.is_file():
         with resources.as_file(packaged) as path:
             return read(path)
+    _warn_far_from_scalp(info, picks)
     fname = get_data_dir("forward") / f"{SUBJECT}-{spacing}-{key}-fwd.fif"
     if fname.is_file():
         logger.info(f"Reading cached forward {fname.name}")
@@ -280,3 +281,172 @@ def _compute_forward(info, subjects_dir, spacing, source):
                 f"{spacing} ({sum(s['nuse'] for s in src)} sources)")
     return mne.make_forward_solution(info, trans=SUBJECT, src=src, bem=bem, meg=False,
                                      eeg=True, mindist=0.0, verbose=False)
+
+
+# -- digitized montages on the template head -------------------------------------------
+#: Electrodes farther than this from the template scalp (median over electrodes, mm)
+#: trigger a warning in :func:`make_fsaverage_forward`; the default montage is at 3.9 mm.
+SCALP_WARN_MEDIAN_MM = 8.0
+#: ... or any electrode farther than this (the default montage's farthest is 16 mm).
+SCALP_WARN_MAX_MM = 25.0
+
+
+def _fsaverage_trans():
+    fname = Path(mne.__file__).parent / "data" / "fsaverage" / "fsaverage-trans.fif"
+    return mne.read_trans(fname, verbose=False)
+
+
+def _template_head_frame():
+    """Scalp vertices and fiducials of fsaverage in its head frame (m)."""
+    subjects_dir = fetch_fsaverage_head(source="embedded", verbose=False)
+    rr, _ = mne.read_surface(Path(subjects_dir) / SUBJECT / "bem" / "outer_skin.surf",
+                             verbose=False)
+    mri_head = mne.transforms.invert_transform(_fsaverage_trans())
+    scalp = mne.transforms.apply_trans(mri_head, rr / 1000.0)
+    fids = mne.coreg.get_mni_fiducials(SUBJECT, subjects_dir=subjects_dir, verbose=False)
+    fid = {f["ident"]: mne.transforms.apply_trans(mri_head, f["r"]) for f in fids}
+    F = mne.io.constants.FIFF
+    return scalp, np.array([fid[F.FIFFV_POINT_NASION], fid[F.FIFFV_POINT_LPA],
+                            fid[F.FIFFV_POINT_RPA]])
+
+
+def _scalp_distance(points, scalp):
+    from scipy.spatial import cKDTree
+
+    return cKDTree(scalp).query(points)[0]
+
+
+def _similarity(src, dst, weights=None, scale=True):
+    """Least-squares ``dst ≈ s R src + t`` (Umeyama); returns s, R, t."""
+    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
+    A, B = src - mu_s, dst - mu_d
+    U, S, Vt = np.linalg.svd((B * w[:, None]).T @ A)
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    s = float(np.trace(np.diag(S) @ D) / (w @ (A ** 2).sum(1))) if scale else 1.0
+    return s, R, mu_d - s * R @ mu_s
+
+
+def _eeg_positions(info):
+    picks = _check_eeg_info(info)
+    return picks, np.array([info["chs"][k]["loc"][:3] for k in picks])
+
+
+def _dig_points(info, kind):
+    F = mne.io.constants.FIFF
+    return [d for d in (info["dig"] or []) if d["kind"] == kind
+            and d["coord_frame"] == F.FIFFV_COORD_HEAD]
+
+
+@verbose
+def fit_fsaverage_montage(info, *, n_iterations=30, nasion_weight=2.0, scale=True,
+                          verbose=None):
+    """Fit digitized electrode positions to the fsaverage template head.
+
+    As :class:`mne.coreg.Coregistration` does for an MRI: a similarity
+    transform (rotation, translation and, with ``scale``, one uniform scale)
+    is fitted to the fiducials (nasion, LPA, RPA), then refined by ICP of the
+    electrodes and head-shape points onto the template scalp (fiducials kept
+    with their weights). The electrodes are then moved by that transform, so
+    :func:`make_fsaverage_forward` gets positions on the template's scalp.
+
+    Parameters
+    ----------
+    info : mne.Info
+        Info with a digitized montage in head coordinates: EEG positions and
+        the three fiducials (e.g. ``raw.set_montage(mne.channels.read_dig_fif(...))``
+        or a recording with its digitization). Extra head-shape points are used
+        by the ICP when present.
+    n_iterations : int
+        ICP iterations (0: fiducials only).
+    nasion_weight : float
+        Weight of the nasion in the ICP (the LPA and RPA weigh 1, as every
+        electrode and head-shape point).
+    scale : bool
+        Fit a uniform scale (head size) as well.
+    %(verbose)s
+
+    Returns
+    -------
+    info : mne.Info
+        A copy whose EEG positions (and fiducials, head-shape points) are those
+        of the template head.
+    report : dict
+        ``scale`` (template size / subject size), ``rotation_deg``,
+        ``translation_mm``, and the electrodes' distances to the template
+        scalp in mm: ``median_mm``/``max_mm`` after the fit and
+        ``fiducials_median_mm``/``fiducials_max_mm`` after the fiducial fit
+        alone, and ``before_median_mm``/``before_max_mm`` without any fit.
+    """
+    F = mne.io.constants.FIFF
+    picks, eeg = _eeg_positions(info)
+    fid = {d["ident"]: d["r"] for d in _dig_points(info, F.FIFFV_POINT_CARDINAL)}
+    needed = (F.FIFFV_POINT_NASION, F.FIFFV_POINT_LPA, F.FIFFV_POINT_RPA)
+    if not all(k in fid for k in needed):
+        raise ValueError(
+            "The montage has no nasion, LPA and RPA in head coordinates: a digitized "
+            "montage is needed (e.g. mne.channels.read_dig_fif, read_dig_polhemus_isotrak, "
+            "or make_dig_montage(..., nasion=, lpa=, rpa=)). A template montage "
+            "(make_standard_montage) needs no fit.")
+    if n_iterations < 0:
+        raise ValueError(f"n_iterations must be >= 0, got {n_iterations}")
+    subj_fid = np.array([fid[k] for k in needed])
+    hsp = np.array([d["r"] for d in _dig_points(info, F.FIFFV_POINT_EXTRA)]).reshape(-1, 3)
+    scalp, tmpl_fid = _template_head_frame()
+    before = _scalp_distance(eeg, scalp)
+    s, R, t = _similarity(subj_fid, tmpl_fid, scale=scale)
+    after_fid = _scalp_distance(s * eeg @ R.T + t, scalp)
+    points = np.concatenate([eeg, hsp])
+    w_fid = np.array([nasion_weight, 1.0, 1.0])
+    for _ in range(n_iterations):
+        moved = s * points @ R.T + t
+        from scipy.spatial import cKDTree
+
+        target = scalp[cKDTree(scalp).query(moved)[1]]
+        s, R, t = _similarity(np.concatenate([points, subj_fid]),
+                              np.concatenate([target, tmpl_fid]),
+                              np.concatenate([np.ones(len(points)), w_fid]), scale=scale)
+
+    def move(p):
+        return s * np.asarray(p) @ R.T + t
+
+    out = info.copy()
+    with out._unlock():
+        for k, r in zip(picks, move(eeg)):
+            out["chs"][k]["loc"][:3] = r
+            ref = out["chs"][k]["loc"][3:6]
+            if np.any(ref):
+                out["chs"][k]["loc"][3:6] = move(ref)
+        for d in out["dig"] or []:
+            if d["coord_frame"] == F.FIFFV_COORD_HEAD:
+                d["r"] = move(d["r"])
+    after = _scalp_distance(move(eeg), scalp)
+    angle = np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1)))
+    report = dict(scale=float(s), rotation_deg=float(angle),
+                  translation_mm=float(np.linalg.norm(t) * 1e3),
+                  median_mm=float(np.median(after) * 1e3), max_mm=float(after.max() * 1e3),
+                  fiducials_median_mm=float(np.median(after_fid) * 1e3),
+                  fiducials_max_mm=float(after_fid.max() * 1e3),
+                  before_median_mm=float(np.median(before) * 1e3),
+                  before_max_mm=float(before.max() * 1e3))
+    logger.info(f"Fitted the montage to fsaverage: scale {s:.3f}, rotation {angle:.1f}°, "
+                f"electrodes {report['median_mm']:.1f} mm (median), {report['max_mm']:.1f} "
+                f"mm (max) from the template scalp (fiducials only: "
+                f"{report['fiducials_median_mm']:.1f} / {report['fiducials_max_mm']:.1f} mm; "
+                f"no fit: {report['before_median_mm']:.1f} / {report['before_max_mm']:.1f})")
+    return out, report
+
+
+def _warn_far_from_scalp(info, picks):
+    scalp, _ = _template_head_frame()
+    eeg = np.array([info["chs"][k]["loc"][:3] for k in picks])
+    d = _scalp_distance(eeg, scalp) * 1e3
+    if np.median(d) > SCALP_WARN_MEDIAN_MM or d.max() > SCALP_WARN_MAX_MM:
+        far = int((d > 10).sum())
+        mne.utils.warn(
+            f"{far} of {len(d)} EEG electrodes lie more than 10 mm from the fsaverage "
+            f"scalp (median {np.median(d):.1f} mm, max {d.max():.1f} mm); the forward "
+            "projects them onto the scalp. For digitized positions, fit them to the "
+            "template first: info, report = mne_learned_mm.fit_fsaverage_montage(info).")

@@ -149,3 +149,98 @@ def test_declared_mne_range_holds():
     assert Version("1.13.0") in mne_req.specifier
     assert Version("1.15.0") not in mne_req.specifier  # matplotlib 3-D stc.plot removed
     assert "colin27_1020" in mne.channels.get_builtin_montages()
+
+
+# -- digitized montages (issue 19, item 8) ----------------------------------------------
+def _digitized(fid_error=None, seed=0):
+    """The default montage as digitized on a 10 % larger, rotated, shifted head."""
+    from mne_learned_mm.head import _template_head_frame
+
+    info = default_info()
+    pos = info.get_montage().get_positions()
+    names = list(pos["ch_pos"])
+    P = np.array([pos["ch_pos"][n] for n in names])
+    scalp, fid = _template_head_frame()
+    R = mne.transforms.rotation(0.05, -0.03, 0.08)[:3, :3]
+
+    def tf(p):
+        return (1.1 * np.asarray(p)) @ R.T + np.array([0.004, -0.01, 0.02])
+
+    rng = np.random.default_rng(seed)
+    hsp = scalp[rng.choice(len(scalp), 300, replace=False)]
+    hsp = tf(hsp[hsp[:, 2] > 0.0])  # the upper head, where a digitizer goes
+    fid = fid + (0 if fid_error is None else fid_error)
+    dig = mne.channels.make_dig_montage(ch_pos=dict(zip(names, tf(P))), nasion=tf(fid[0]),
+                                        lpa=tf(fid[1]), rpa=tf(fid[2]), hsp=hsp,
+                                        coord_frame="head")
+    out = mne.create_info(names, 512.0, "eeg")
+    out.set_montage(dig)
+    return out, P
+
+
+def _eeg(info):
+    return np.array([ch["loc"][:3] for ch in info["chs"]])
+
+
+def test_fit_montage_recovers_the_template_positions():
+    from mne_learned_mm import fit_fsaverage_montage
+
+    info, truth = _digitized()
+    fitted, report = fit_fsaverage_montage(info)
+    err = np.linalg.norm(_eeg(fitted) - truth, axis=1) * 1e3
+    assert np.median(err) < 2.5 and err.max() < 4.0, err
+    assert report["scale"] == pytest.approx(1 / 1.1, rel=0.03)
+    assert report["before_median_mm"] > 15 and report["median_mm"] < 4.5
+    assert _eeg(info)[0] is not _eeg(fitted)[0] and not np.allclose(_eeg(info), _eeg(fitted))
+
+
+def test_icp_corrects_misplaced_fiducials():
+    """Fiducials digitized 6-8 mm off: the fiducial-only fit over-scales; ICP onto the
+    scalp fixes most of it, and the report says so."""
+    from mne_learned_mm import fit_fsaverage_montage
+
+    fid_error = np.array([[0, 0.004, 0.008], [-0.007, 0, 0], [0.007, 0, 0]])
+    info, truth = _digitized(fid_error)
+    only_fid, rep_fid = fit_fsaverage_montage(info, n_iterations=0)
+    icp, rep = fit_fsaverage_montage(info)
+    err_fid = np.median(np.linalg.norm(_eeg(only_fid) - truth, axis=1)) * 1e3
+    err_icp = np.median(np.linalg.norm(_eeg(icp) - truth, axis=1)) * 1e3
+    assert err_icp < 0.8 * err_fid, (err_fid, err_icp)  # ICP may slide on the scalp
+    assert abs(rep_fid["scale"] * 1.1 - 1) > 0.05  # fiducials alone: 6 % off in scale
+    assert abs(rep["scale"] * 1.1 - 1) < 0.015  # ICP: within 1.5 %
+    assert rep["median_mm"] < 0.7 * rep["fiducials_median_mm"]
+    assert rep["fiducials_median_mm"] == rep_fid["median_mm"]
+
+
+def test_fit_montage_needs_fiducials():
+    from mne_learned_mm import fit_fsaverage_montage
+
+    info = default_info()
+    with info._unlock():
+        info["dig"] = [d for d in info["dig"]
+                       if d["kind"] != mne.io.constants.FIFF.FIFFV_POINT_CARDINAL]
+    with pytest.raises(ValueError, match="no nasion, LPA and RPA"):
+        fit_fsaverage_montage(info)
+    # a template montage carries its fiducials: the fit is then (nearly) the identity
+    fitted, report = fit_fsaverage_montage(default_info())
+    assert report["scale"] == pytest.approx(1.0, abs=0.03)
+    assert report["median_mm"] <= report["before_median_mm"] + 0.5
+
+
+def test_far_electrodes_warn(monkeypatch):
+    from mne_learned_mm import head
+
+    class Computed(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Computed
+
+    monkeypatch.setattr(head, "_compute_forward", stop)
+    info, _ = _digitized()
+    with pytest.warns(RuntimeWarning, match="from the fsaverage scalp.*fit_fsaverage_montage"):
+        with pytest.raises(Computed):
+            make_fsaverage_forward(info, use_packaged=False, spacing="ico2")
+    fitted, _ = head.fit_fsaverage_montage(info)
+    with pytest.raises(Computed):  # no warning once fitted (warnings are errors)
+        make_fsaverage_forward(fitted, use_packaged=False, spacing="ico2")
