@@ -91,6 +91,12 @@ def _unpack_embedded(subjects_dir):
 def fetch_fsaverage_head(subjects_dir=None, *, source="auto", verbose=None):
     """Get a subjects directory holding the ``fsaverage`` template.
 
+    This is the ``subjects_dir`` to plot estimates with, offline and without
+    setting ``SUBJECTS_DIR``:
+    ``stc.plot(subjects_dir=fetch_fsaverage_head(), backend="matplotlib")``
+    (the embedded head has the pial, white, inflated and sphere surfaces and
+    the curvature of fsaverage5, on which the ico3 source vertices lie).
+
     Parameters
     ----------
     subjects_dir : path-like | None
