@@ -530,14 +530,15 @@ def _check_n_iter(n_iter):
     if n_iter is None:
         return None
     if isinstance(n_iter, bool):
-        raise TypeError(f"n_iter must be a positive int or None, got {n_iter!r}")
+        raise TypeError(f"n_iter must be a non-negative int or None, got {n_iter!r}")
     try:
         value = operator.index(n_iter)
     except TypeError:
-        raise TypeError(f"n_iter must be a positive int or None, got {n_iter!r} "
+        raise TypeError(f"n_iter must be a non-negative int or None, got {n_iter!r} "
                         f"({type(n_iter).__name__})") from None
-    if value < 1:
-        raise ValueError(f"n_iter must be a positive int (MM iterations) or None, got {value}")
+    if value < 0:
+        raise ValueError(f"n_iter must be a non-negative int (MM iterations; 0: the start "
+                         f"alone) or None, got {value}")
     return value
 
 

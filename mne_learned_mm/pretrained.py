@@ -254,9 +254,9 @@ class SolverPipeline:
         history : mne_learned_mm.solver.mm.SolverHistory
             Of the last solve.
         """
-        from .solver.init import deflation_start, normalise_problem
+        from .solver.init import deflation_start, unit_frobenius
 
-        Y, L = normalise_problem(Y, L)
+        Y, L = unit_frobenius(Y), self._normalised_leadfield(L)
         with torch.no_grad():
             X, history = self._solve_normalised(Y, L)
             if neighbours is None:
@@ -284,14 +284,37 @@ class SolverPipeline:
         if self.init == "amortized":
             from .solver.start import amortized_start
 
-            return _unit(amortized_start(Y, L, self.start_network))
+            return _unit(amortized_start(Y, L, self.start_network, K=self._operator(L)))
         K = None
         if self.init != "random":
             K = tikhonov_operator(L, self.init_reg, self.init_operator)
         return initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior)
 
+    def _normalised_leadfield(self, L):
+        """``L`` at unit spectral norm, kept for the next batch with the same ``L``."""
+        from .solver.init import unit_spectral
+
+        cached = getattr(self, "_leadfield", None)
+        if cached is None or not _same(cached[0], L):
+            self._leadfield = (L, unit_spectral(L))
+        return self._leadfield[1]
+
+    def _operator(self, L):
+        """The start network's sLORETA operator of ``L``, kept for the next batch."""
+        from .solver.init import tikhonov_operator
+
+        cached = getattr(self, "_K", None)
+        if cached is None or not _same(cached[0], L):
+            self._K = (L, tikhonov_operator(L, self.start_network.config.reg, "sloreta"))
+        return self._K[1]
+
     def _solve_normalised(self, Y, L):
         return self.module(Y, L, X0=self.start(Y, L))
+
+
+def _same(a, b):
+    return a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and bool(
+        torch.equal(a, b))
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None,

@@ -188,3 +188,27 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     assert torch.all(cost[:, 1:] <= cost[:, :-1] + 1e-5)  # the certificate: descent
     X_neg, _ = pipe.solve(-Y, L)
     torch.testing.assert_close(X_neg, -X, rtol=1e-4, atol=1e-6)
+
+
+def test_amortized_start_rank_one_shortcut_is_exact(fwd_small):
+    """A rank-1 sample is solved once; per time sample it gives the same start."""
+    torch.manual_seed(4)
+    L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float64)
+    net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1, max_rank=3)).double()
+    n, T = L.shape[0], 30
+    u = torch.randn(n, 2, dtype=torch.float64)
+    v = torch.randn(2, T, dtype=torch.float64)
+    noise = 1e-3 * torch.randn(2, n, T, dtype=torch.float64)
+    Y = torch.stack([torch.outer(u[:, 0], v[0]), 40 * u @ v]) + noise  # rank 1 and 2
+    Y = Y - Y.mean(1, keepdim=True)
+    Y_r, rank = denoise(Y, 3)
+    assert rank.tolist() == [1, 2]
+    X0 = amortized_start(Y, L, net)
+    from mne_learned_mm.solver.init import tikhonov_operator
+
+    K = tikhonov_operator(L, net.config.reg, "sloreta")
+    for b in range(2):
+        x = net((Y_r[b].T @ K.T)).T  # every time sample through the network
+        Lx = L @ x
+        expected = x * ((Y_r[b] * Lx).sum(0) / Lx.square().sum(0))
+        torch.testing.assert_close(X0[b], expected, rtol=1e-7, atol=1e-12)

@@ -151,8 +151,17 @@ def normalise_problem(Y, L):
     Y : Tensor, shape (n_batch, n_sensors, n_times)
     L : Tensor, shape (n_sensors, n_sources)
     """
-    Y = Y / Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)[:, None, None]
-    return Y, L / torch.linalg.matrix_norm(L, ord=2)
+    return unit_frobenius(Y), unit_spectral(L)
+
+
+def unit_frobenius(Y):
+    """Each sample ``Y[b]`` scaled to unit Frobenius norm (see :func:`normalise_problem`)."""
+    return Y / Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)[:, None, None]
+
+
+def unit_spectral(L):
+    """``L`` scaled to unit spectral norm (see :func:`normalise_problem`)."""
+    return L / torch.linalg.matrix_norm(L, ord=2)
 
 
 def strongest_blob(X, neighbours, keep_fraction=0.05):

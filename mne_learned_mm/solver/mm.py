@@ -21,7 +21,7 @@ class MMConfig:
     Attributes
     ----------
     n_iter : int
-        Number I of MM iterations.
+        Number I of MM iterations (0: the start alone; no cost is computed).
     gamma : float
         Step factor γ, ``0 < γ < 2``.
     bound : str
@@ -347,6 +347,10 @@ class LearnedMM(nn.Module):
         """
         cfg = self.config
         X = initial_point(Y, self.n_sources, cfg, X0)
+        if cfg.n_iter == 0:  # the start alone: no cost is computed (NaN in the history)
+            rec = _Recorder()
+            rec.add(cost=X.new_full(X.shape[:1], math.nan))
+            return X, rec.history(X[:, 0, 0])
         L_norm_sq = operator_norm_sq(L)
         u, g, stats = self._cost_and_grad(X, Y, L, create_graph)
         hvp_state = {"gen": torch.Generator().manual_seed(cfg.seed + 1)}

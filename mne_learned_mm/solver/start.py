@@ -143,8 +143,18 @@ def denoise(Y, max_rank):
     return (U * (S * keep)[:, None]) @ Vh, rank
 
 
+def _fit_amplitudes(Y, L, x):
+    """Least-squares amplitude of pattern ``x[b, :, t]`` at each time: ``X0[b, :, t]``."""
+    Lx = L @ x
+    tiny = torch.finfo(x.dtype).tiny
+    return x * ((Y * Lx).sum(1) / Lx.square().sum(1).clamp_min(tiny))[:, None]
+
+
 def amortized_start(Y, L, network, *, K=None):
     """Start ``X0`` from the network applied to each denoised time sample.
+
+    A rank-1 sample has one spatial pattern (up to sign and scale) at every
+    time, so the network is applied once to it (exactly the same result).
 
     Parameters
     ----------
@@ -163,13 +173,22 @@ def amortized_start(Y, L, network, *, K=None):
     """
     cfg = network.config
     K = tikhonov_operator(L, cfg.reg, "sloreta") if K is None else K
-    Y_r, _ = denoise(Y, cfg.max_rank)
+    Y_r, rank = denoise(Y, cfg.max_rank)
     B, n, T = Y_r.shape
-    y = Y_r.transpose(1, 2).reshape(B * T, n)
-    x = network(y @ K.T)
-    Lx = x @ L.T
-    alpha = (y * Lx).sum(1) / Lx.square().sum(1).clamp_min(torch.finfo(x.dtype).tiny)
-    return (alpha[:, None] * x).reshape(B, T, -1).transpose(1, 2)
+    X0 = Y_r.new_empty(B, L.shape[1], T)
+    one = rank == 1
+    if one.any():  # the pattern of the strongest time sample, at every time
+        Y1 = Y_r[one]
+        peak = Y1.square().sum(1).argmax(1)
+        y = Y1.gather(2, peak[:, None, None].expand(-1, n, 1))[..., 0]
+        x = network(y @ K.T)[..., None].expand(-1, -1, T)
+        X0[one] = _fit_amplitudes(Y1, L, x)
+    if (~one).any():
+        Yk = Y_r[~one]
+        y = Yk.transpose(1, 2).reshape(-1, n)
+        x = network(y @ K.T).reshape(len(Yk), T, -1).transpose(1, 2)
+        X0[~one] = _fit_amplitudes(Yk, L, x)
+    return X0
 
 
 def start_loss(x, x_hat, background_weight=0.5):
