@@ -1,2 +1,0 @@
-# Stage 2 (Alg. 2): bilevel fine-tuning of the learned MM solver, from the Φ pre-trained in stage 1.
-/work/venv/bin/python -m mne_learned_mm.training --stage bilevel --model mm --init prior --init-from runs/prior256 --data sereega --n-train 1400 --n-val 32 --epochs 2 --batch-size 8 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 256, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 1 --checkpoint-min 3 --time-budget-min 40 --seed 1 --out runs/mm_bilevel "$@"

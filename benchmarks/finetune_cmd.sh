@@ -1,3 +1,0 @@
-# Stage 3: Φ fine-tuned on SEREEGA + evoked-like windows (brain background noise), from the stage-2 solver.
-# (This run passed no --init; the shipped config.json had init set to "prior" by hand. Adding --init prior gives the same run and that config directly: the prior stage trains Φ on K Y whatever --init says.)
-/work/venv/bin/python -m mne_learned_mm.training --stage prior --init-from runs/mm_bilevel --data sereega+evoked --n-train 8000 --n-val 32 --epochs 2 --batch-size 16 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 256, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 1 --checkpoint-min 3 --time-budget-min 16 --seed 3 --out runs/finetune_evoked "$@"

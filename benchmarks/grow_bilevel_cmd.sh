@@ -1,4 +1,0 @@
-# Does a bilevel stage win back the LE that the grown Φ's Φ-stage fine-tune lost? Alg. 2 on all
-# weights (odd 512-wide Φ from benchmarks/grow_dipole_cmd.sh, the shipped curvature net), as the
-# shipped model's last stage (benchmarks/odd_bilevel_cmd.sh) but short: 80 steps of 8, 2 threads.
-/work/venv/bin/python -m mne_learned_mm.training --stage bilevel --model mm --init prior --init-from "${INIT_FROM:-runs/grow_dipole}" --data sereega+evoked --random-sign true --n-train 640 --n-val 32 --epochs 1 --batch-size 8 --lr 1e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 512, "prior_odd": true, "net_even": true, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 2 --checkpoint-min 3 --time-budget-min 27 --seed 11 --out runs/grow_bilevel "$@"

@@ -1,4 +1,0 @@
-# As benchmarks/grow_dipole_cmd.sh (Φ grown to 512 units, dipoles to order-5 patches), plus channel
-# dropout: each training sample drops every channel with a probability drawn in [0, 0.5] and its
-# Tikhonov start uses its own kept channels. Same seed, so the two runs see the same sources.
-/work/venv/bin/python -m mne_learned_mm.training --stage prior --init prior --init-from "${INIT_FROM:-mne_learned_mm/_assets/models/fsaverage-ico3-sereega}" --data sereega+evoked --random-sign true --patch-order '[0, 5]' --channel-dropout '[0, 0.5]' --n-train 8000 --n-val 32 --epochs 2 --batch-size 16 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 512, "prior_odd": true, "net_even": true, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 1 --checkpoint-min 3 --time-budget-min 62 --seed 31 --out runs/grow_generalist "$@"

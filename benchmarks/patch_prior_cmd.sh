@@ -1,4 +1,0 @@
-# Stage 6: Φ of the shipped sign-symmetric model fine-tuned with the per-patch zone term
-# (--patch-weight, objective.patch_mismatch) added to the denoising loss, on random-polarity
-# SEREEGA batches alternating with evoked windows. Φ only (prior stage); curvature net kept.
-/work/venv/bin/python -m mne_learned_mm.training --stage prior --init prior --init-from "${INIT_FROM:-mne_learned_mm/_assets/models/fsaverage-ico3-sereega}" --data sereega+evoked --random-sign true --patch-weight 1.0 --n-train 8000 --n-val 32 --epochs 4 --batch-size 16 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 256, "prior_odd": true, "net_even": true, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 1 --checkpoint-min 3 --time-budget-min 50 --seed 13 --out runs/patch_prior "$@"

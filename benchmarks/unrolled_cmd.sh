@@ -1,2 +1,0 @@
-# 4DVarNet baseline, same Φ pre-training and the same bilevel budget (35 min, 1 thread).
-/work/venv/bin/python -m mne_learned_mm.training --stage bilevel --model 4dvarnet --init prior --init-from runs/prior256 --data sereega --n-train 1400 --n-val 32 --epochs 2 --batch-size 8 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 256, "net_hidden": 16, "net_rank": 32, "lam": 1.0, "n_iter": 10}' --num-threads 1 --checkpoint-min 3 --time-budget-min 40 --seed 1 --out runs/unrolled_bilevel "$@"

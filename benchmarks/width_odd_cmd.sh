@@ -1,3 +1,0 @@
-# Width probe, continued: the 512-wide stage-1 Φ (benchmarks/width_probe_cmd.sh) made odd and fine-tuned
-# like stage 4 of the shipped model (benchmarks/odd_prior_cmd.sh), one epoch, 2 threads (not shipped).
-/work/venv/bin/python -m mne_learned_mm.training --stage prior --init prior --init-from "${INIT_FROM:-runs/prior512}" --data sereega+evoked --random-sign true --n-train 8000 --n-val 32 --epochs 1 --batch-size 16 --lr 3e-4 --lr-min 1e-5 --snr-db '[0, 15]' --solver '{"prior_hidden": 512, "prior_odd": true, "net_even": true, "net_hidden": 16, "net_rank": 32, "bound": "hvp", "lam": 1.0, "hvp_iters": 2, "n_iter": 10, "grad_iters": 3}' --num-threads 2 --checkpoint-min 3 --time-budget-min 27 --seed 5 --out runs/odd_prior512 "$@"
