@@ -20,7 +20,13 @@ def test_wheel_contains_assets(tmp_path):
         check=True, capture_output=True)
     (wheel,) = tmp_path.glob("*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
+    from mne_learned_mm.pretrained import DEFAULT_MODEL, PACKAGED
+
+    model = f"mne_learned_mm/_assets/models/{PACKAGED[DEFAULT_MODEL]}"
     for asset in ("mne_learned_mm/_assets/fsaverage_head.tar.gz",
-                  "mne_learned_mm/_assets/fsaverage-ico3-default-fwd.fif"):
+                  "mne_learned_mm/_assets/fsaverage-ico3-default-fwd.fif",
+                  f"{model}/weights.pt", f"{model}/config.json",
+                  *(f"mne_learned_mm/training/recipes/{name}.json"
+                    for name in ("default", "tiny", "paper"))):
         assert asset in names
     assert not any("__pycache__" in n for n in names)

@@ -212,3 +212,16 @@ def test_amortized_start_rank_one_shortcut_is_exact(fwd_small):
         Lx = L @ x
         expected = x * ((Y_r[b] * Lx).sum(0) / Lx.square().sum(0))
         torch.testing.assert_close(X0[b], expected, rtol=1e-7, atol=1e-12)
+
+
+def test_paper_recipe_is_the_papers_configuration():
+    """The reference row's recipe for the bilevel CLI: random start, scalar bound, I = 10."""
+    from importlib import resources
+
+    from mne_learned_mm.training import TrainConfig
+
+    text = (resources.files("mne_learned_mm.training") / "recipes" / "paper.json").read_text()
+    cfg = TrainConfig.from_dict(json.loads(text))
+    assert cfg.init == "random" and cfg.stage == "bilevel" and cfg.model == "mm"
+    assert cfg.solver["bound"] == "hvp" and cfg.solver["n_iter"] == 10
+    assert cfg.lr == 5e-5
