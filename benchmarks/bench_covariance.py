@@ -29,14 +29,16 @@ from mne_learned_mm.simulation.noise import brain_background
 METRICS = ("LE", "AUC", "nMSE", "TE")
 
 
-def _sample(ds, i, snr_db, baseline_s, white_frac, rng):
+def _sample(ds, i, snr_db, baseline_s, white_frac, rng, n_background=500, spread=1.0):
     item = ds[i]
     L = ds.L.astype(float)
     n_times = item["Y"].shape[1]
     n_base = int(baseline_s * ds.sfreq)
     clean = L @ item["X"].astype(float)
-    background = brain_background(rng, L, n_base + n_times)
-    white = rng.standard_normal(background.shape)
+    background = brain_background(rng, L, n_base + n_times, n_sources=n_background)
+    # per-channel levels (electrode impedances): log-uniform over [1, spread]
+    levels = np.exp(rng.uniform(0, np.log(spread), (len(L), 1)))
+    white = levels * rng.standard_normal(background.shape)
     white -= white.mean(0)
     white *= np.sqrt(white_frac) * np.linalg.norm(background) / np.linalg.norm(white)
     noise = background + white
@@ -63,6 +65,10 @@ def main(argv=None):
     parser.add_argument("--baseline", type=float, default=2.0, help="baseline length in s")
     parser.add_argument("--white", type=float, default=0.1,
                         help="white sensor noise, fraction of the background's power")
+    parser.add_argument("--n-background", type=int, default=500,
+                        help="random cortical dipoles of the brain background")
+    parser.add_argument("--spread", type=float, default=1.0,
+                        help="sensor noise levels log-uniform over [1, spread] x")
     args = parser.parse_args(argv)
     mne.set_log_level("ERROR")
     fwd = make_fsaverage_forward()
@@ -81,7 +87,8 @@ def main(argv=None):
     rows = {name: [] for name in methods}
     seconds = {name: 0.0 for name in methods}
     for i in range(args.n):
-        item, evoked, cov, adhoc = _sample(ds, i, args.snr, args.baseline, args.white, rng)
+        item, evoked, cov, adhoc = _sample(ds, i, args.snr, args.baseline, args.white, rng,
+                                           args.n_background, args.spread)
         evoked.set_eeg_reference("average", projection=True, verbose=False)
         for name, method in methods.items():
             t0 = time.perf_counter()
@@ -93,9 +100,9 @@ def main(argv=None):
             rows[name].append(compute_metrics(item["X"], stc.data, item["seeds"],
                                               item["patches"], geo.pos, geo.adjacency,
                                               ds.sfreq))
-    print(f"\n{args.n} samples, SEREEGA-style sources (1-3 patches), brain-background "
-          f"+ {100 * args.white:g} % white noise, SNR {args.snr:g} dB, "
-          f"baseline {args.baseline:g} s\n")
+    print(f"\n{args.n} samples, SEREEGA-style sources (1-3 patches), brain background "
+          f"({args.n_background} dipoles) + {100 * args.white:g} % sensor noise (levels "
+          f"1-{args.spread:g} x), SNR {args.snr:g} dB, baseline {args.baseline:g} s\n")
     print("| method | LE (mm) | AUC (%) | nMSE | TE (ms) | s/sample |")
     print("|---|---|---|---|---|---|")
     for name, r in rows.items():
