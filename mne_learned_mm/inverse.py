@@ -52,7 +52,7 @@ class LearnedMMInverse:
         10-20 montage, SEREEGA-style training data) or a model directory
         written by the training CLI.
     n_iter : int | None
-        Number of MM iterations (a positive integer); ``None`` uses the
+        Number of MM iterations (``0``: the learned start alone); ``None`` uses the
         model's trained value.
     bound : "analytic" | "hvp" | "min" | "none" | None
         Curvature bound used in the projection; ``None`` uses the model's.
