@@ -2,9 +2,11 @@
 
 Extended cortical patches on any fixed-orientation surface forward, with
 SEREEGA-style Gaussian ERPs, Jansen-Rit epileptiform spikes or evoked-like
-components, sensor noise at a target SNR, and on-the-fly torch datasets.
+components, sensor noise at a target SNR, on-the-fly torch datasets, and a
+patch bank of single topographies for training the amortized start.
 """
 
+from .bank import BankConfig, PatchBank
 from .dataset import (
     KINDS,
     SavedSimulations,
@@ -34,9 +36,11 @@ from .waveforms import EvokedConfig, PatchConfig, SereegaConfig, gaussian_erp
 
 __all__ = [
     "KINDS",
+    "BankConfig",
     "EvokedConfig",
     "NMMConfig",
     "NoiseConfig",
+    "PatchBank",
     "PatchConfig",
     "SavedSimulations",
     "SereegaConfig",
