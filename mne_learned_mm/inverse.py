@@ -20,9 +20,9 @@ import torch
 from mne.cov import compute_whitener, prepare_noise_cov
 from mne.proj import make_eeg_average_ref_proj, make_projector
 from mne.utils import fill_doc, logger, verbose, warn
-from scipy import sparse
 
 from ._config import check_device, check_n_jobs
+from ._forward import fixed_surface_forward, ring_hops, source_adjacency
 from .pretrained import DEFAULT_MODEL, load_model
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
@@ -32,7 +32,7 @@ MIN_CHANNELS = 3
 #: Below this many channels a warning says that localization degrades (the shipped
 #: model is measured on 32 to 128 channels, benchmarks/RESULTS.md).
 FEW_CHANNELS = 16
-_BOUNDS = ("analytic", "hvp", "min", "none")
+_BOUNDS = ("analytic", "hvp", "min", "none", "scaled")
 #: Parameters that :meth:`LearnedMMInverse.fit` uses; changing one needs a new fit.
 _FIT_PARAMS = ("model", "n_iter", "bound", "device", "deflate")
 
@@ -54,8 +54,9 @@ class LearnedMMInverse:
     n_iter : int | None
         Number of MM iterations (``0``: the learned start alone); ``None`` uses the
         model's trained value.
-    bound : "analytic" | "hvp" | "min" | "none" | None
-        Curvature bound used in the projection; ``None`` uses the model's.
+    bound : "analytic" | "hvp" | "min" | "none" | "scaled" | None
+        Curvature bound of the MM steps (see
+        :class:`~mne_learned_mm.solver.mm.MMConfig`); ``None`` uses the model's.
     device : "auto" | "cpu" | "cuda" | "cuda:<index>" | torch.device
         Where to solve. ``"auto"`` uses a GPU when available.
     batch_size : int
@@ -259,7 +260,7 @@ class LearnedMMInverse:
                              f"None (the model's), got {self.bound!r}")
         _check_batch_size(self.batch_size)
         check_n_jobs(self.n_jobs)
-        fwd_fixed = _fixed_surface_forward(fwd)
+        fwd_fixed = fixed_surface_forward(fwd)
         _check_noise_cov(noise_cov, fwd_fixed["info"]["ch_names"])
         device = check_device(self.device)
         solver, config = load_model(self.model, device=device, n_iter=n_iter, bound=self.bound)
@@ -267,6 +268,7 @@ class LearnedMMInverse:
         self.solver_, self.config_ = solver, config
         self.fwd_ = _restrict_to_model(fwd_fixed, self.config_)
         self.noise_cov_ = noise_cov
+        self._gain_cache = None
         self.sfreq_model_ = float(self.config_["sfreq"])
         self.neighbours_ = (_ring_neighbours(self.fwd_).to(self.device_) if self.deflate
                             else None)  # on the solve's device once, not per batch
@@ -325,7 +327,20 @@ class LearnedMMInverse:
         return out, _residual(inst, picks, Y - np.einsum("ij,bjt->bit", G, X))
 
     def _prepare_gain(self, info):
-        """Picks, projector P, projected gain P G and whitener W (or None)."""
+        """Picks, projector P, projected gain P G and whitener W (or None).
+
+        Kept for the next call with the same channels, bads and projectors
+        (epochs solved in several calls, or evokeds of one recording).
+        """
+        key = _gain_key(info)
+        cached = getattr(self, "_gain_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        out = self._compute_gain(info)
+        self._gain_cache = (key, out)
+        return out
+
+    def _compute_gain(self, info):
         exclude = list(info["bads"])
         if self.noise_cov_ is not None:
             exclude += [ch for ch in self.noise_cov_["bads"] if ch not in exclude]
@@ -371,7 +386,10 @@ class LearnedMMInverse:
 
     def _solve(self, Y, G, sfreq):
         n_times = Y.shape[-1]
-        resample = abs(sfreq / self.sfreq_model_ - 1) > _SFREQ_TOL
+        # the start works per time sample; only the MM iterations' temporal convolutions
+        # were trained at the model's rate
+        resample = (abs(sfreq / self.sfreq_model_ - 1) > _SFREQ_TOL
+                    and self.solver_.module.config.n_iter > 0)
         if resample:
             logger.info(f"Resampling {sfreq:g} Hz data to the model's "
                         f"{self.sfreq_model_:g} Hz and back")
@@ -426,8 +444,8 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
     model : str | path-like
         Packaged model name or model directory.
     n_iter : int | None
-        Number of MM iterations (``None``: the model's).
-    bound : "analytic" | "hvp" | "min" | "none" | None
+        Number of MM iterations (``0``: the learned start alone; ``None``: the model's).
+    bound : "analytic" | "hvp" | "min" | "none" | "scaled" | None
         Curvature bound (``None``: the model's).
     device : "auto" | "cpu" | "cuda" | "cuda:<index>"
         Where to solve.
@@ -466,34 +484,11 @@ _DEFLATION_RINGS = 4  # neighbourhood of the strongest blob, in mesh rings (patc
 
 def _ring_neighbours(fwd, n_rings=_DEFLATION_RINGS):
     """Sources within ``n_rings`` edges of each other on the source-space mesh."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # holes in use_tris: edges to unused vertices dropped
-        adjacency = mne.spatial_src_adjacency(fwd["src"], verbose="error").tocsr()
-    step = (adjacency + sparse.identity(adjacency.shape[0], format="csr")).astype(bool)
-    reach = step
-    for _ in range(n_rings - 1):
-        reach = (reach @ step).astype(bool)
-    return torch.as_tensor(reach.toarray())
-
-
-def _fixed_surface_forward(fwd):
-    if not isinstance(fwd, mne.Forward):
-        raise TypeError(f"fwd must be an mne.Forward, got {type(fwd).__name__}")
-    kind = fwd["src"].kind
-    if kind != "surface":
-        raise ValueError(
-            f"The forward has a {kind} source space; the learned MM solver needs a "
-            "cortical surface source space with fixed orientation (e.g. "
-            "mne_learned_mm.make_fsaverage_forward()).")
-    if len(mne.pick_types(fwd["info"], meg=False, eeg=True)) == 0:
-        raise ValueError("The forward solution has no EEG channels.")
-    if fwd["source_ori"] != mne.io.constants.FIFF.FIFFV_MNE_FIXED_ORI:
-        logger.info("Converting the free-orientation forward to fixed orientation "
-                    "(surface normal)")
-        fwd = mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
-                                           use_cps=True, verbose=False)
-    with mne.utils.use_log_level("warning"):  # no "90 out of 90 channels remain" line
-        return mne.pick_types_forward(fwd, meg=False, eeg=True)
+    with mne.utils.use_log_level("warning"):  # no line about holes in use_tris
+        adjacency = source_adjacency(fwd["src"])
+    hops = ring_hops(adjacency, n_rings)
+    hops.data[:] = 1  # every stored entry is within n_rings (the source itself is a 0)
+    return torch.as_tensor(hops.toarray().astype(bool))
 
 
 def _restrict_to_model(fwd, config):
@@ -524,6 +519,13 @@ def _restrict_to_model(fwd, config):
 
 def _average_reference(data):
     return data - data.mean(axis=-2, keepdims=True)
+
+
+def _gain_key(info):
+    """What :meth:`LearnedMMInverse._prepare_gain` depends on in ``info``."""
+    projs = tuple((p["desc"], p["active"], np.asarray(p["data"]["data"]).tobytes())
+                  for p in info["projs"])
+    return tuple(info["ch_names"]), tuple(info["bads"]), projs
 
 
 def _check_n_iter(n_iter):

@@ -225,3 +225,26 @@ def test_paper_recipe_is_the_papers_configuration():
     assert cfg.init == "random" and cfg.stage == "bilevel" and cfg.model == "mm"
     assert cfg.solver["bound"] == "hvp" and cfg.solver["n_iter"] == 10
     assert cfg.lr == 5e-5
+
+
+def test_inverse_keeps_the_gain_between_calls_and_refits(fwd_default):
+    import mne
+
+    from mne_learned_mm import LearnedMMInverse
+
+    inv = LearnedMMInverse(n_iter=0, device="cpu").fit(fwd_default)
+    info = mne.create_info(fwd_default["info"]["ch_names"], 512.0, "eeg")
+    rng = np.random.default_rng(0)
+    evoked = mne.EvokedArray(rng.standard_normal((len(info["ch_names"]), 16)) * 1e-6, info)
+    first = inv.apply(evoked)
+    gain = inv._gain_cache[1]
+    second = inv.apply(evoked)
+    assert inv._gain_cache[1] is gain  # reused
+    np.testing.assert_array_equal(first.data, second.data)
+    bad = evoked.copy()
+    bad.info["bads"] = [bad.ch_names[0]]
+    inv.apply(bad)
+    assert inv._gain_cache[1] is not gain
+    assert len(inv._gain_cache[1][0]) == len(info["ch_names"]) - 1
+    inv.fit(fwd_default)
+    assert inv._gain_cache is None

@@ -87,6 +87,8 @@ class Recipe:
     optim : Optimisation
     orders : tuple of int
         Patch orders in the bank.
+    profiles : tuple of str
+        Spatial profiles in the bank (:data:`~mne_learned_mm.simulation.bank.PROFILES`).
     mm_from : str | None
         Model whose MM refinement (Φ, curvature net) the shipped model uses.
     n_iter : int
@@ -100,6 +102,7 @@ class Recipe:
     start: StartConfig = dataclasses.field(default_factory=StartConfig)
     optim: Optimisation = dataclasses.field(default_factory=Optimisation)
     orders: tuple = (0, 5)
+    profiles: tuple = ("gaussian", "wide")
     mm_from: str = None
     n_iter: int = 10
     val_samples: int = 64
@@ -264,7 +267,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    bank = PatchBank.from_forward(fwd, orders=recipe.orders)
+    bank = PatchBank.from_forward(fwd, orders=recipe.orders, profiles=recipe.profiles)
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
