@@ -52,13 +52,18 @@ def _available_devices():
     return out
 
 
-def check_device(device):
+def check_device(device, *, rank=None):
     """Validate a device name and return the :class:`torch.device`.
 
     Parameters
     ----------
     device : "auto" | "cpu" | "cuda" | "cuda:<index>" | "mps" | torch.device
         ``"auto"`` picks a CUDA GPU when one is usable, else the CPU.
+    rank : int | None
+        Rank of this process in distributed training: a CUDA device without
+        an index, with several GPUs visible, becomes ``cuda:<LOCAL_RANK>``
+        (the environment variable set by torchrun, else ``rank``). ``None``
+        (one process) leaves it as it is.
 
     Returns
     -------
@@ -68,7 +73,7 @@ def check_device(device):
 
     available = _available_devices()
     if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if "cuda" in available else "cpu")
+        device = "cuda" if "cuda" in available else "cpu"  # usable: the checks pass
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
@@ -88,6 +93,8 @@ def check_device(device):
             raise ValueError(
                 f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) "
                 f"are visible. Available: {', '.join(available)}.")
+        if rank is not None and dev.index is None and torch.cuda.device_count() > 1:
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     elif dev.type not in ("cpu", "cuda") and str(dev) not in available:
         raise ValueError(
             f"device={device!r} is not available. Available on this machine: "

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import tarfile
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 from mne.utils import logger, verbose
 
 from ._config import get_data_dir
+from ._forward import read_forward
 
 SUBJECT = "fsaverage"
 CONDUCTIVITY = (0.3, 0.006, 0.3)
@@ -244,7 +246,7 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     _check_spacing(spacing)
     if not isinstance(fixed, bool):
         raise TypeError(f"fixed must be a bool, got {type(fixed).__name__}")
-    read = _read_fixed if fixed else _read_surf_ori
+    read = partial(read_forward, fixed=fixed)
     info = default_info() if info is None else info
     picks = _check_eeg_info(info)
     subjects_dir = fetch_fsaverage_head(source=source)
@@ -264,20 +266,6 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     fwd = _compute_forward(_eeg_info(info, picks), subjects_dir, spacing, source)
     mne.write_forward_solution(fname, fwd, overwrite=True, verbose=False)
     return read(fname)  # identical to what later cached calls return
-
-
-def _to_fixed(fwd):
-    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
-                                        use_cps=True, verbose=False)
-
-
-def _read_fixed(fname):
-    return _to_fixed(mne.read_forward_solution(fname, verbose=False))
-
-
-def _read_surf_ori(fname):
-    return mne.convert_forward_solution(mne.read_forward_solution(fname, verbose=False),
-                                        surf_ori=True, use_cps=True, verbose=False)
 
 
 def _compute_forward(info, subjects_dir, spacing, source):

@@ -10,6 +10,7 @@ from scipy import sparse
 from scipy.signal import welch
 from scipy.sparse.csgraph import connected_components
 
+from mne_learned_mm._forward import _tris_adjacency
 from mne_learned_mm.head import default_info
 from mne_learned_mm.simulation import (
     EvokedConfig,
@@ -35,7 +36,6 @@ from mne_learned_mm.simulation import (
     split_indices,
     worker_init_fn,
 )
-from mne_learned_mm.simulation.geometry import _tris_adjacency
 
 SMALL_BANK = dict(n_clips=20, n_regions=10, chunk_duration=5.0)
 

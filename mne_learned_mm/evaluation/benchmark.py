@@ -48,6 +48,7 @@ import mne
 import numpy as np
 from mne.utils import logger, verbose
 
+from .._forward import read_forward as _load_forward  # the name benchmarks/ import
 from .methods import (
     CLASSICAL,
     DEFAULT_MODELS,
@@ -509,16 +510,6 @@ def _thread_limit(n_threads):
         logger.info("threadpoolctl not installed: set OMP_NUM_THREADS=1 for speed")
         return nullcontext()
     return threadpool_limits(n_threads)
-
-
-def _load_forward(fname):
-    if fname is None:
-        from ..head import make_fsaverage_forward
-
-        return make_fsaverage_forward(verbose=False)
-    fwd = mne.read_forward_solution(fname, verbose=False)
-    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True, use_cps=True,
-                                        verbose=False)
 
 
 def _train_data(args):

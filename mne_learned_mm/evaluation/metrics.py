@@ -49,6 +49,8 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import rankdata
 
+from .._forward import ring_hops
+
 METRICS = ("LE", "AUC", "nMSE", "PSNR", "TE")
 """Metric names, in the order of the paper's Table I."""
 
@@ -90,19 +92,8 @@ def neighbour_rings(adjacency, seed, order):
     idx : array of int, shape (n_zone,)
         Sorted indices, the seed included.
     """
-    adjacency = _as_csr(adjacency)
-    inside = np.zeros(adjacency.shape[0], bool)
-    inside[seed] = True
-    frontier = np.array([seed])
-    for _ in range(int(order)):
-        if frontier.size == 0:
-            break
-        nbrs = np.concatenate(
-            [adjacency.indices[adjacency.indptr[k]:adjacency.indptr[k + 1]] for k in frontier])
-        nbrs = np.unique(nbrs)
-        frontier = nbrs[~inside[nbrs]]
-        inside[frontier] = True
-    return np.flatnonzero(inside)
+    hops = ring_hops(_as_csr(adjacency), int(order), seeds=[seed])
+    return hops.indices.astype(np.int64)
 
 
 def seed_zone(adjacency, seed, patches=(), order=ZONE_ORDER):

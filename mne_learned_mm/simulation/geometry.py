@@ -1,91 +1,14 @@
 """Source-space geometry: positions, mesh adjacency and neighbour rings."""
 
-import warnings
-
-import mne
 import numpy as np
-from mne.utils import logger
 from scipy import sparse
 from scipy.sparse.csgraph import shortest_path
 
-from .leadfield import check_fixed_surface_forward
+from .._forward import check_surface_forward, ring_hops, source_adjacency
+
+__all__ = ["SourceGeometry", "gaussian_profile", "source_adjacency"]
 
 _DEFAULT_MAX_RING = 12  # covers patches of order <= 5 plus the 2-ring margin
-
-
-def _tris_adjacency(src):
-    """Edges of ``use_tris`` between used vertices, in used-vertex numbering."""
-    rows, cols, offset = [], [], 0
-    for s in src:
-        tris = s["use_tris"] if s["use_tris"] is not None else s["tris"]
-        vertno = np.asarray(s["vertno"])
-        local = np.full(s["np"], -1, dtype=np.int64)
-        local[vertno] = np.arange(len(vertno))
-        for a, b in ((0, 1), (1, 2), (2, 0)):
-            i, j = local[tris[:, a]], local[tris[:, b]]
-            keep = (i >= 0) & (j >= 0)
-            rows += [i[keep] + offset, j[keep] + offset]
-            cols += [j[keep] + offset, i[keep] + offset]
-        offset += len(vertno)
-    rows, cols = np.concatenate(rows), np.concatenate(cols)
-    adj = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(offset, offset))
-    adj.data[:] = 1.0  # duplicates were summed
-    return adj
-
-
-def source_adjacency(src):
-    """Mesh adjacency of the used vertices of a surface source space.
-
-    Uses :func:`mne.spatial_src_adjacency` (triangulation ``use_tris`` of the
-    used vertices) and removes its self loops. Source spaces MNE's helper does
-    not handle (no ``use_tris``) fall back to the same construction from
-    ``tris``.
-
-    Parameters
-    ----------
-    src : mne.SourceSpaces
-        Surface source space (one or two hemispheres).
-
-    Returns
-    -------
-    adjacency : scipy.sparse.csr_matrix, shape (n_sources, n_sources)
-        Symmetric 0/1 matrix without self loops; sources ordered as in the
-        forward (left hemisphere vertices, then right).
-    """
-    try:
-        with warnings.catch_warnings():
-            # MNE warns when some vertices of use_tris are not in use (holes);
-            # edges to unused vertices are dropped either way.
-            warnings.simplefilter("ignore")
-            adj = mne.spatial_src_adjacency(src, verbose="error")
-        adj = sparse.csr_matrix(adj, dtype=np.float64)
-    except (RuntimeError, ValueError):
-        logger.info("Building the source adjacency from the triangulation")
-        adj = _tris_adjacency(src)
-    adj.setdiag(0)
-    adj.eliminate_zeros()
-    adj.data[:] = 1.0
-    adj.sort_indices()
-    if any(s["nuse"] < len(np.unique(s["use_tris"])) for s in src if s["use_tris"] is not None):
-        logger.info("Some vertices of the source-space triangulation are not used; "
-                    "the adjacency has holes there.")
-    return adj
-
-
-def _truncated_hops(adjacency, radius):
-    """Hop distances up to ``radius`` as a sparse matrix (data = hops + 1)."""
-    n = adjacency.shape[0]
-    step = (adjacency + sparse.eye(n, format="csr")).astype(bool).tocsr()
-    reach = sparse.eye(n, format="csr", dtype=bool)
-    count = reach.astype(np.int16)
-    for _ in range(radius):
-        reach = (reach @ step).astype(bool)
-        count = count + reach.astype(np.int16)
-    count = count.tocsr()
-    count.sort_indices()
-    # an entry reached first at hop k was counted radius - k + 1 times
-    count.data = (radius + 1 - count.data).astype(np.int16)
-    return count
 
 
 class SourceGeometry:
@@ -137,7 +60,7 @@ class SourceGeometry:
         -------
         geometry : SourceGeometry
         """
-        check_fixed_surface_forward(fwd)
+        check_surface_forward(fwd)
         src = fwd["src"]
         vertices = [np.asarray(s["vertno"]) for s in src]
         return cls(fwd["source_rr"], source_adjacency(src), vertices,
@@ -155,7 +78,7 @@ class SourceGeometry:
     def _ensure_radius(self, radius):
         if self._hops is None or radius > self._radius:
             radius = max(int(radius), _DEFAULT_MAX_RING)
-            self._hops = _truncated_hops(self.adjacency, radius)
+            self._hops = ring_hops(self.adjacency, radius)
             self._radius = radius
 
     def rings(self, seed, order):

@@ -2,27 +2,8 @@
 
 import mne
 import numpy as np
-from mne.forward import is_fixed_orient
 
-
-def check_fixed_surface_forward(fwd):
-    """Raise if ``fwd`` is not a fixed-orientation surface forward with EEG.
-
-    Parameters
-    ----------
-    fwd : mne.Forward
-        The forward solution.
-    """
-    if not isinstance(fwd, mne.Forward):
-        raise TypeError(f"fwd must be an instance of mne.Forward, got {type(fwd)}")
-    if fwd["src"].kind != "surface":
-        raise ValueError(f"A surface source space is required, got {fwd['src'].kind!r}.")
-    if not is_fixed_orient(fwd):
-        raise ValueError(
-            "A fixed-orientation forward is required; use mne.convert_forward_solution("
-            "fwd, surf_ori=True, force_fixed=True, use_cps=True).")
-    if len(mne.pick_types(fwd["info"], meg=False, eeg=True, exclude=())) == 0:
-        raise ValueError("The forward has no EEG channels.")
+from .._forward import check_surface_forward
 
 
 def pick_eeg_channels(fwd, info=None):
@@ -86,7 +67,7 @@ def make_leadfield(fwd, info=None, *, return_ch_names=False):
     ch_names : list of str
         Only if ``return_ch_names``.
     """
-    check_fixed_surface_forward(fwd)
+    check_surface_forward(fwd)
     ch_names = pick_eeg_channels(fwd, info)
     rows = [fwd["sol"]["row_names"].index(ch) for ch in ch_names]
     L = average_reference(np.asarray(fwd["sol"]["data"][rows], dtype=np.float64))

@@ -65,6 +65,7 @@ import math
 
 import torch
 
+from .init import unit_frobenius
 from .objective import DEFAULT_EPS, batch_dot, cost_and_grad, lower_cost_terms, safe_norm
 
 KAPPA_MAX = 2.0 / math.sqrt(3.0)
@@ -284,11 +285,6 @@ def paper_nu_hi(X, Y, L, prior, lam=1.0, eps=DEFAULT_EPS, rho=None, alpha=None):
     return 1.0 / (mu1 + lam * mu2)
 
 
-def _unit(v, eps=1e-30):
-    norm = v.reshape(v.shape[0], -1).norm(dim=-1).clamp_min(eps)
-    return v / norm.view(-1, *([1] * (v.dim() - 1)))
-
-
 def hessian_power_iteration(
     X, Y, L, prior, lam=1.0, n_iter=10, v0=None, eps=DEFAULT_EPS, generator=None,
     precond=None,
@@ -336,7 +332,7 @@ def hessian_power_iteration(
         # the other samples of its batch (Epochs solved together = one by one)
         v0 = torch.randn(x.shape[1:], generator=generator, dtype=x.dtype, device="cpu")
         v0 = v0.to(x.device).expand(x.shape)
-    v = _unit(v0.detach().to(x))
+    v = unit_frobenius(v0.detach().to(x))
     root = None if precond is None else precond.detach().sqrt()
     for _ in range(n_iter):
         if root is None:
@@ -346,7 +342,7 @@ def hessian_power_iteration(
             hv = root * hv
         lam_max = hv.reshape(hv.shape[0], -1).norm(dim=-1)
         rayleigh = batch_dot(v, hv)
-        v = _unit(hv)
+        v = unit_frobenius(hv)
     return lam_max.detach(), v.detach(), rayleigh.detach()
 
 

@@ -121,17 +121,12 @@ def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale
     if kind not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {kind!r}")
     K = tikhonov_operator(L, reg) if K is None else K
-    X0 = _unit(torch.einsum("sn,bnt->bst" if K.dim() == 2 else "bsn,bnt->bst", K, Y))
+    X0 = unit_frobenius(torch.einsum("sn,bnt->bst" if K.dim() == 2 else "bsn,bnt->bst", K, Y))
     if kind == "prior":
         if prior is None:
             raise ValueError('init="prior" needs the autoencoder Φ (prior=...)')
-        X0 = _unit(prior(X0))
+        X0 = unit_frobenius(prior(X0))
     return X0
-
-
-def _unit(X):
-    norm = X.flatten(1).norm(dim=1).clamp_min(torch.finfo(X.dtype).tiny)
-    return X / norm[:, None, None]
 
 
 def normalise_problem(Y, L):
@@ -155,8 +150,22 @@ def normalise_problem(Y, L):
 
 
 def unit_frobenius(Y):
-    """Each sample ``Y[b]`` scaled to unit Frobenius norm (see :func:`normalise_problem`)."""
-    return Y / Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)[:, None, None]
+    """Each sample ``Y[b]`` scaled to unit Frobenius norm (see :func:`normalise_problem`).
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, ...)
+
+    Returns
+    -------
+    Y : Tensor, shape (n_batch, ...)
+        A zero sample stays zero.
+    """
+    norm = Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)
+    return Y / norm.view(-1, *([1] * (Y.dim() - 1)))
+
+
+_unit = unit_frobenius  # the name pretrained.py imports
 
 
 def unit_spectral(L):
@@ -222,4 +231,4 @@ def deflation_start(Y, L, X, solve, neighbours, keep_fraction=0.05):
     R = Y - a * (L @ X_blob)
     X_rest = solve(R, L)
     b = _fitted_scale(R, L @ X_rest)[:, None, None]
-    return _unit(torch.where(blob, a * X, b * X_rest))
+    return unit_frobenius(torch.where(blob, a * X, b * X_rest))
