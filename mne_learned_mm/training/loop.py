@@ -17,15 +17,17 @@ from mne.utils import ProgressBar, logger
 
 from .. import __version__
 from .._config import check_device
+from .._forward import read_forward
 from ..evaluation.metrics import compute_metrics, seed_zone, summarize_metrics
 from ..pretrained import build_solver, save_model
-from ..simulation import SereegaConfig, SimulatedDataset, default_config
+from ..simulation import SereegaConfig, SimulatedDataset, collate, default_config
 from ..solver.init import (
     initial_point,
     kept_channels,
     masked_leadfield,
     normalise_problem,
     tikhonov_operator,
+    unit_frobenius,
 )
 from ..solver.objective import (
     cosine_similarity,
@@ -52,24 +54,9 @@ def _init_distributed(device):
     return world, rank
 
 
-def _pick_device(name, rank=0):
-    device = check_device(name)  # a clear error naming what is available
-    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    return device
-
-
 # -- data ------------------------------------------------------------------------
 def _load_forward(cfg):
-    import mne
-
-    from ..head import make_fsaverage_forward
-
-    if cfg.fwd is None:
-        return make_fsaverage_forward(verbose=False)
-    fwd = mne.read_forward_solution(cfg.fwd, verbose=False)
-    return mne.convert_forward_solution(fwd, surf_ori=True, force_fixed=True,
-                                        use_cps=True, verbose=False)
+    return read_forward(cfg.fwd)
 
 
 #: Training mixtures: name -> simulation kinds; batches alternate between kinds.
@@ -109,14 +96,15 @@ def _batch(datasets, indices, which=0, zones=False):
     (n_batch, n_patches, n_sources) (see :func:`patch_zones`).
     """
     dataset = datasets[which % len(datasets)]
-    items = [dataset[int(i)] for i in indices]
-    T = min(it["Y"].shape[-1] for it in items)
-    Y = torch.as_tensor(np.stack([it["Y"][:, :T] for it in items]))
-    X = torch.as_tensor(np.stack([it["X"][:, :T] for it in items]))
-    Y = normalise_problem(Y, torch.ones(1, 1))[0]
-    if not zones:
-        return Y, X, None
-    return Y, X, patch_zones(items, dataset.geometry.adjacency, X.shape[1])
+    return _stack([dataset[int(i)] for i in indices],
+                  dataset.geometry.adjacency if zones else None)
+
+
+def _stack(items, adjacency=None):
+    """Y (unit Frobenius norm per sample), X and, given ``adjacency``, the zones."""
+    batch = collate(items)
+    Y, X = unit_frobenius(batch["Y"]), batch["X"]
+    return Y, X, None if adjacency is None else patch_zones(items, adjacency, X.shape[1])
 
 
 def _to(device, *tensors):
@@ -254,16 +242,15 @@ def validate(module, cfg, val, L, K, device):
     per_sample, losses = [], []
     geo = val.geometry
     for start in range(0, len(val), 16):
-        idx = range(start, min(start + 16, len(val)))
-        Y, X, _ = _to(device, *_batch([val], idx))
+        items = [val[i] for i in range(start, min(start + 16, len(val)))]
+        Y, X, _ = _to(device, *_stack(items))
         X0 = _X0(cfg, Y, L, K, 0, module.prior)
         if cfg.stage == "prior":
             X_hat = module.prior(X0)
         else:
             X_hat, _ = module(Y, L, X0=X0)
         losses.append(float(upper_loss(X, X_hat, module.prior)))
-        for j, i in enumerate(idx):
-            item = val[i]
+        for j, item in enumerate(items):
             per_sample.append(compute_metrics(item["X"], X_hat[j].cpu().numpy(),
                                               item["seeds"], item["patches"], geo.pos,
                                               geo.adjacency, val.sfreq))
@@ -323,114 +310,201 @@ def train(cfg, *, resume=False, verbose=None):
     -------
     out : pathlib.Path
     """
-    cfg.check()  # before anything is written
-    out = Path(cfg.out)
-    if resume and not (out / CKPT).is_file():
-        raise FileNotFoundError(
-            f"resume=True but there is no checkpoint to resume in {out} ({CKPT}); "
-            "start without resume")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    world, rank = _dist_info()
-    device = _pick_device(cfg.device, rank)
-    world, rank = _init_distributed(device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
+    out = _check_run(cfg, resume)  # before anything is written
+    device, world, rank = _start_process(cfg)
     fwd = _load_forward(cfg)
     out.mkdir(parents=True, exist_ok=True)
     train_sets, val = _datasets(cfg, fwd)
-    L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(train_sets[0].L))[1].to(device)
-    K = tikhonov_operator(L, cfg.init_reg, cfg.init_operator)
-    module = build_solver(cfg.model, cfg.solver, L.shape[1]).to(device)
-    if cfg.init_from:
-        _load_init(module, cfg.init_from)
-    mconf = model_config(cfg, fwd, L.shape[1])
-    net = module
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(module)
+    run = _Run(cfg, out, device, world, rank, train_sets, val,
+               *_operators(cfg, train_sets[0], device))
+    _build(run)
+    mconf = model_config(cfg, fwd, run.L.shape[1])
+    _start_state(run, resume)
+    if rank == 0:
+        (out / "train_config.json").write_text(cfg.to_json())
+    clock = _Clock(run.state["elapsed"])
+    stop = False
+    while run.state["epoch"] < cfg.epochs and not stop:
+        epoch = run.state["epoch"]
+        losses, stop = _train_epoch(run, clock)
+        if not stop:
+            run.state["epoch"] += 1
+        if rank == 0:
+            _end_epoch(run, epoch, losses, mconf)
+            clock.last_ckpt = time.time()
+    _finish_distributed(run)
+    return out
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the steps of :func:`train` share: setup, data, model and progress."""
+
+    cfg: object
+    out: Path
+    device: torch.device
+    world: int
+    rank: int
+    train_sets: list
+    val: SimulatedDataset
+    L: torch.Tensor  # normalised leadfield on the device
+    K: torch.Tensor  # Tikhonov operator of L
+    module: torch.nn.Module = None
+    net: torch.nn.Module = None  # module, or its DDP wrapper
+    opt: torch.optim.Optimizer = None
+    sched: torch.optim.lr_scheduler.LRScheduler = None
+    steps_per_epoch: int = 0
+    state: dict = None  # epoch, step, elapsed, history (what a checkpoint resumes)
+
+
+class _Clock:
+    """Elapsed time over resumed runs, this run's time budget, the last checkpoint."""
+
+    def __init__(self, elapsed):
+        self.t_start = time.time() - elapsed
+        self.t_run = time.time()  # the time budget is of this run, not of the earlier ones
+        self.last_ckpt = time.time()
+
+    def elapsed(self):
+        return time.time() - self.t_start
+
+    def over_budget(self, minutes):
+        return minutes is not None and time.time() - self.t_run > 60 * minutes
+
+    def checkpoint_due(self, minutes):
+        return time.time() - self.last_ckpt > 60 * minutes
+
+
+def _check_run(cfg, resume):
+    """Refuse a configuration that cannot run; the output directory."""
+    cfg.check()
     if cfg.stage not in ("bilevel", "prior"):
         raise ValueError(f'stage must be "bilevel" or "prior", got {cfg.stage!r}')
     if cfg.channel_dropout and (cfg.stage != "prior" or cfg.pretrain_phi_steps):
         raise ValueError("channel_dropout is supported in the prior stage (stage='prior', "
                          "no pretrain_phi_steps): the MM solves share one leadfield per batch")
-    params = module.prior.parameters() if cfg.stage == "prior" else module.parameters()
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    steps_per_epoch = cfg.n_train // (cfg.batch_size * world)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt, T_max=max(1, cfg.epochs * steps_per_epoch), eta_min=cfg.lr_min)
-    state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": []}
-    if resume and (out / CKPT).is_file():
-        state = _load_checkpoint(out, module, opt, sched)
-        logger.info(f"Resuming at epoch {state['epoch']} step {state['step']}")
-    elif cfg.pretrain_phi_steps:
-        pretrain_prior(module, cfg, train_sets, L, K, device, cfg.pretrain_phi_steps)
-    if rank == 0:
-        (out / "train_config.json").write_text(cfg.to_json())
-    t_start = time.time() - state["elapsed"]
-    t_run = time.time()  # the time budget is of this run, not of the earlier ones
-    last_ckpt = time.time()
-    stop = False
-    while state["epoch"] < cfg.epochs and not stop:
-        epoch = state["epoch"]
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(cfg.n_train)
-        shard = perm[rank::world][: steps_per_epoch * cfg.batch_size]
-        first = state["step"] - epoch * steps_per_epoch
-        steps = range(first, steps_per_epoch)
-        if rank == 0:
-            steps = ProgressBar(steps, mesg=f"epoch {epoch}")
-        module.train()
-        losses = []
-        for k in steps:
-            Y, X, zones = _to(device, *_batch(
-                train_sets, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size], state["step"],
-                zones=bool(cfg.patch_weight)))
-            X0 = _X0(cfg, Y, L, K, state["step"], module.prior,
-                     own_channels=bool(cfg.channel_dropout))
-            if cfg.stage == "prior":
-                loss = prior_loss(module.prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
-            else:
-                X_hat, _ = net(Y, L, X0=X0, create_graph=True)
-                loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight,
-                                  zones=zones, patch_weight=cfg.patch_weight)
-            opt.zero_grad()
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-            state["step"] += 1
-            state["elapsed"] = time.time() - t_start
-            budget = cfg.time_budget_min is not None and \
-                time.time() - t_run > 60 * cfg.time_budget_min
-            if _agree(budget, world):
-                stop = True
-                break
-            if rank == 0 and time.time() - last_ckpt > 60 * cfg.checkpoint_min:
-                _save_checkpoint(out, module, opt, sched, state)
-                last_ckpt = time.time()
-        if not stop:
-            state["epoch"] += 1
-        if rank == 0:
-            module.eval()
-            row = {"epoch": epoch, "step": state["step"], "minutes": state["elapsed"] / 60,
-                   "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                   "lr": sched.get_last_lr()[0]}
-            row.update(validate(module, cfg, val, L, K, device))
-            state["history"].append(row)
-            _write_history(out, state["history"])
-            logger.info("  " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
-            _save_checkpoint(out, module, opt, sched, state)
-            save_model(out, module.state_dict(), mconf)
-            last_ckpt = time.time()
-    if world > 1:  # replicas must agree: each rank records a digest of its weights
-        digest = hashlib.sha1(b"".join(v.detach().cpu().numpy().tobytes()
-                                       for v in module.state_dict().values())).hexdigest()
-        (out / f"rank{rank}-weights.sha1").write_text(digest)
-        dist.barrier()
-        dist.destroy_process_group()
+    out = Path(cfg.out)
+    if resume and not (out / CKPT).is_file():
+        raise FileNotFoundError(
+            f"resume=True but there is no checkpoint to resume in {out} ({CKPT}); "
+            "start without resume")
     return out
+
+
+def _start_process(cfg):
+    """Threads, device, process group and seeds of this process."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = check_device(cfg.device, rank=_dist_info()[1])
+    world, rank = _init_distributed(device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    return device, world, rank
+
+
+def _operators(cfg, dataset, device):
+    """Normalised leadfield ``L`` of the data and its Tikhonov operator ``K``."""
+    L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(dataset.L))[1].to(device)
+    return L, tikhonov_operator(L, cfg.init_reg, cfg.init_operator)
+
+
+def _build(run):
+    """Model (with ``init_from`` weights), its DDP wrapper, optimizer and schedule."""
+    cfg = run.cfg
+    run.module = build_solver(cfg.model, cfg.solver, run.L.shape[1]).to(run.device)
+    if cfg.init_from:
+        _load_init(run.module, cfg.init_from)
+    run.net = run.module
+    if run.world > 1:
+        run.net = torch.nn.parallel.DistributedDataParallel(run.module)
+    params = run.module.prior.parameters() if cfg.stage == "prior" else run.module.parameters()
+    run.opt = torch.optim.Adam(params, lr=cfg.lr)
+    run.steps_per_epoch = cfg.n_train // (cfg.batch_size * run.world)
+    run.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        run.opt, T_max=max(1, cfg.epochs * run.steps_per_epoch), eta_min=cfg.lr_min)
+
+
+def _start_state(run, resume):
+    """Progress of a resumed run, or a new one (after Φ pre-training if asked)."""
+    run.state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": []}
+    if resume:
+        run.state = _load_checkpoint(run.out, run.module, run.opt, run.sched)
+        logger.info(f"Resuming at epoch {run.state['epoch']} step {run.state['step']}")
+    elif run.cfg.pretrain_phi_steps:
+        pretrain_prior(run.module, run.cfg, run.train_sets, run.L, run.K, run.device,
+                       run.cfg.pretrain_phi_steps)
+
+
+def _train_epoch(run, clock):
+    """The remaining steps of this epoch (this rank's shard); losses, and whether the
+    time budget stopped it."""
+    cfg, state = run.cfg, run.state
+    epoch = state["epoch"]
+    perm = np.random.default_rng([cfg.seed, epoch]).permutation(cfg.n_train)
+    shard = perm[run.rank::run.world][: run.steps_per_epoch * cfg.batch_size]
+    steps = range(state["step"] - epoch * run.steps_per_epoch, run.steps_per_epoch)
+    if run.rank == 0:
+        steps = ProgressBar(steps, mesg=f"epoch {epoch}")
+    run.module.train()
+    losses = []
+    for k in steps:
+        losses.append(_train_step(run, shard[k * cfg.batch_size:(k + 1) * cfg.batch_size]))
+        state["step"] += 1
+        state["elapsed"] = clock.elapsed()
+        if _agree(clock.over_budget(cfg.time_budget_min), run.world):
+            return losses, True
+        if run.rank == 0 and clock.checkpoint_due(cfg.checkpoint_min):
+            _save_checkpoint(run.out, run.module, run.opt, run.sched, state)
+            clock.last_ckpt = time.time()
+    return losses, False
+
+
+def _train_step(run, idx):
+    """One optimizer step on the samples ``idx``; the loss."""
+    cfg, module, step = run.cfg, run.module, run.state["step"]
+    Y, X, zones = _to(run.device, *_batch(run.train_sets, idx, step,
+                                          zones=bool(cfg.patch_weight)))
+    X0 = _X0(cfg, Y, run.L, run.K, step, module.prior, own_channels=bool(cfg.channel_dropout))
+    if cfg.stage == "prior":
+        loss = prior_loss(module.prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
+    else:
+        X_hat, _ = run.net(Y, run.L, X0=X0, create_graph=True)
+        loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight,
+                          zones=zones, patch_weight=cfg.patch_weight)
+    run.opt.zero_grad()
+    loss.backward()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    return loss.item()
+
+
+def _end_epoch(run, epoch, losses, mconf):
+    """Validate, append to the history, checkpoint and write the model (rank 0)."""
+    run.module.eval()
+    state = run.state
+    row = {"epoch": epoch, "step": state["step"], "minutes": state["elapsed"] / 60,
+           "train_loss": float(np.mean(losses)) if losses else float("nan"),
+           "lr": run.sched.get_last_lr()[0]}
+    row.update(validate(run.module, run.cfg, run.val, run.L, run.K, run.device))
+    state["history"].append(row)
+    _write_history(run.out, state["history"])
+    logger.info("  " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
+    _save_checkpoint(run.out, run.module, run.opt, run.sched, state)
+    save_model(run.out, run.module.state_dict(), mconf)
+
+
+def _finish_distributed(run):
+    """With several ranks: record a digest of the weights (replicas must agree), close."""
+    if run.world == 1:
+        return
+    digest = hashlib.sha1(b"".join(v.detach().cpu().numpy().tobytes()
+                                   for v in run.module.state_dict().values())).hexdigest()
+    (run.out / f"rank{run.rank}-weights.sha1").write_text(digest)
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _agree(flag, world):
