@@ -31,10 +31,7 @@ matplotlib.use("Agg")
 import mne_learned_mm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-
-from md2rst import markdown_to_rst  # noqa: E402
 
 # -- project ---------------------------------------------------------------------
 project = "mne-learned-mm"
@@ -51,13 +48,15 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "myst_parser",  # benchmarks/RESULTS.md, included by benchmarks.rst
 ]
 templates_path = ["_templates"]
 exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
 root_doc = "index"
 default_role = "literal"
 pygments_style = "sphinx"
-suppress_warnings = []
+# benchmarks/RESULTS.md starts at "##": its sections go below the title of benchmarks.rst
+suppress_warnings = ["myst.header"]
 
 # -- autodoc / autosummary / numpydoc ------------------------------------------------
 autosummary_generate = True
@@ -150,28 +149,7 @@ sphinx_gallery_conf = {
 }
 
 
-# -- generated pages -------------------------------------------------------------------
-def _benchmark_page():
-    """Convert benchmarks/RESULTS.md to reST included by benchmarks.rst."""
-    src = ROOT / "benchmarks" / "RESULTS.md"
-    out = HERE / "generated" / "benchmark_results.rst.inc"
-    out.parent.mkdir(exist_ok=True)
-    if src.is_file():
-        def image_path(url):  # images next to RESULTS.md or under doc/
-            fname = (src.parent / url).resolve()
-            if fname.is_file() and HERE in fname.parents:
-                return "/" + fname.relative_to(HERE).as_posix()
-            return None
-
-        body = markdown_to_rst(src.read_text(encoding="utf-8"), top_level=1,
-                               image_path=image_path)
-    else:
-        body = (".. note::\n\n   ``benchmarks/RESULTS.md`` was not found when these "
-                "pages were built: no measured results to show.\n")
-    if not out.is_file() or out.read_text(encoding="utf-8") != body:
-        out.write_text(body, encoding="utf-8")
-
-
+# -- the embedded head for the gallery's plots -------------------------------------------
 def _fsaverage_sphere_reg():
     """Give the embedded fsaverage the ``?h.sphere.reg`` MNE's mpl 3D plot reads.
 
@@ -230,5 +208,4 @@ def setup(app):
     app.connect("autodoc-process-docstring", _fill_mne_docdict, priority=400)
 
 
-_benchmark_page()
 _fsaverage_sphere_reg()
