@@ -150,16 +150,9 @@ def normalise_problem(Y, L):
 
 
 def unit_frobenius(Y):
-    """Each sample ``Y[b]`` scaled to unit Frobenius norm (see :func:`normalise_problem`).
+    """Each sample ``Y[b]`` of ``Y`` (n_batch, ...) scaled to unit Frobenius norm.
 
-    Parameters
-    ----------
-    Y : Tensor, shape (n_batch, ...)
-
-    Returns
-    -------
-    Y : Tensor, shape (n_batch, ...)
-        A zero sample stays zero.
+    A zero sample stays zero (see :func:`normalise_problem`).
     """
     norm = Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)
     return Y / norm.view(-1, *([1] * (Y.dim() - 1)))
