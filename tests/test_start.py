@@ -43,6 +43,15 @@ def test_bank_patches_are_the_simulators(bank, fwd_small):
     assert bank.n_patches == geo.n_sources * (1 + 3 * 3)  # order 0 once, 3 profiles
 
 
+def test_bank_hops_are_ring_distances(bank):
+    geo = bank.geometry
+    for seed in (0, 57, 200):
+        dist = geo.ring_distance(seed)
+        near = dist <= 10
+        np.testing.assert_array_equal(bank.hops[seed].numpy()[near], dist[near])
+        assert (bank.hops[seed].numpy()[~near] > 10).all()
+
+
 def test_bank_mixtures_follow_the_non_overlap_rule(bank):
     gen = torch.Generator().manual_seed(0)
     config = BankConfig(n_patches=(1, 3), margin=2)

@@ -113,9 +113,11 @@ class PatchBank:
                                    torch.ones(len(idx), 1)) @ self.L.T
         self.images = self.images.T.contiguous()
         geometry._ensure_radius(2 * orders[1] + 4)  # the farthest non-overlap rule
-        hops = geometry._hops.toarray()
-        hops[hops == 0] = np.iinfo(np.int16).max  # beyond the radius
-        self.hops = torch.as_tensor(hops - 1, dtype=torch.int16)  # data = hops + 1
+        hops = geometry._hops.toarray()  # ring numbers; 0 on the diagonal and where unreached
+        unreached = hops == 0
+        np.fill_diagonal(unreached, False)
+        hops[unreached] = np.iinfo(np.int16).max  # beyond the radius
+        self.hops = torch.as_tensor(hops, dtype=torch.int16)
         self._seed_t = torch.as_tensor(self.seeds)
         self._order_t = torch.as_tensor(self.orders)
         w, U = np.linalg.eigh(np.asarray(L, np.float64) @ np.asarray(L, np.float64).T)

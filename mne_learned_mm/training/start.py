@@ -17,7 +17,6 @@ import csv
 import dataclasses
 import json
 import os
-import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 from mne.utils import ProgressBar, logger
 
 from .. import __version__
+from .._config import check_device
+from .._forward import read_forward
 from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import load_state, save_model
 from ..simulation import SimulatedDataset
@@ -391,25 +392,15 @@ def main(argv=None):
     recipe = load_recipe(args.recipe)
     if args.n_threads:
         torch.set_num_threads(args.n_threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("--device cuda: this torch build has no CUDA device; use --device cpu")
-    from ..head import make_fsaverage_forward
-
-    if args.fwd is None:
-        fwd = make_fsaverage_forward()
-    else:
-        import mne
-
-        fwd = mne.convert_forward_solution(mne.read_forward_solution(args.fwd, verbose=False),
-                                           surf_ori=True, force_fixed=True, use_cps=True,
-                                           verbose=False)
+    device = check_device(args.device)
+    fwd = read_forward(args.fwd)
     if args.export:
         export_checkpoint(recipe, fwd, args.out)
         return
-    network, state = train_start(recipe, fwd, args.out, device=args.device,
+    network, state = train_start(recipe, fwd, args.out, device=device,
                                  max_minutes=args.max_minutes)
     if state["step"] >= recipe.optim.n_steps:
-        build_model(recipe, network, state, fwd, args.out, args.device)
+        build_model(recipe, network, state, fwd, args.out, str(device))
         logger.info(f"Model written to {args.out}")
     else:
         logger.info(f"Stopped at step {state['step']}/{recipe.optim.n_steps}; run again "
