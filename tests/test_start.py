@@ -257,3 +257,28 @@ def test_inverse_keeps_the_gain_between_calls_and_refits(fwd_default):
     assert len(inv._gain_cache[1][0]) == len(info["ch_names"]) - 1
     inv.fit(fwd_default)
     assert inv._gain_cache is None
+
+
+def test_recipe_for_another_forward(tmp_path, fwd_small):
+    """Any forward: the start alone without mm_from; a mismatched mm_from is refused."""
+    fname = tmp_path / "small-fwd.fif"
+    import mne
+
+    with pytest.warns(RuntimeWarning, match="free orientation"):  # read back, re-fixed
+        mne.write_forward_solution(fname, fwd_small, verbose=False)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
+                                  "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
+                                  "mm_from": None, "val_samples": 2}))
+    out = tmp_path / "m"
+    recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(out)])
+    pipe, config = load_model(out)
+    assert config["solver"]["n_iter"] == 0 and config["n_sources"] == fwd_small["nsource"]
+    L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float32)
+    X, _ = pipe.solve(torch.randn(1, L.shape[0], 8), L)
+    assert X.shape == (1, L.shape[1], 8) and torch.isfinite(X).all()
+    recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
+                                  "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
+                                  "mm_from": "default", "val_samples": 2}))
+    with pytest.raises(ValueError, match="another source space"):
+        recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(tmp_path / "n")])

@@ -30,7 +30,7 @@ from .._config import check_device
 from .._forward import read_forward
 from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import load_state, save_model
-from ..simulation import SimulatedDataset
+from ..simulation import SereegaConfig, SimulatedDataset
 from ..simulation.bank import BankConfig, PatchBank
 from ..solver.init import normalise_problem, tikhonov_operator
 from ..solver.start import StartConfig, StartNetwork, amortized_start, start_loss
@@ -91,7 +91,8 @@ class Recipe:
     profiles : tuple of str
         Spatial profiles in the bank (:data:`~mne_learned_mm.simulation.bank.PROFILES`).
     mm_from : str | None
-        Model whose MM refinement (Φ, curvature net) the shipped model uses.
+        Model whose MM refinement (Φ, curvature net) the shipped model uses
+        (same source space); ``None``: the start alone (``n_iter=0``).
     n_iter : int
         MM iterations after the start.
     val_samples : int
@@ -323,6 +324,10 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
 def build_model(recipe, network, state, fwd, out, device_name):
     """Write the shipped model: start network + MM refinement, and its config.
 
+    The MM refinement (Φ, curvature net, solver settings) is taken from the
+    model ``recipe.mm_from`` (same source space); without one the model is the
+    start alone (``n_iter=0``).
+
     Parameters
     ----------
     recipe : Recipe
@@ -334,19 +339,31 @@ def build_model(recipe, network, state, fwd, out, device_name):
     device_name : str
         Where it trained (recorded).
     """
-    weights, config = {}, {}
+    src = fwd["src"]
+    vertices = [s["vertno"].tolist() for s in src]
     if recipe.mm_from is not None:
         weights, config = load_state(recipe.mm_from)
-    else:
-        raise ValueError("The recipe needs mm_from: the model whose MM refinement is used")
+        if config.get("vertices") != vertices:
+            raise ValueError(
+                f"mm_from={recipe.mm_from!r} is a model of another source space "
+                f"({config.get('n_sources')} sources) than the forward ({fwd['nsource']}); "
+                "set mm_from to null for a model of the start alone, or train the MM part "
+                "for this forward with python -m mne_learned_mm.training")
+        n_iter = recipe.n_iter
+    else:  # the start alone: an untrained, never-used MM module keeps the model format
+        from ..pretrained import build_solver
+
+        config = {"kind": "mm", "solver": {"n_iter": 0, "prior_odd": True, "net_even": True},
+                  "n_sources": int(fwd["nsource"]), "sfreq": float(SereegaConfig().sfreq)}
+        weights = build_solver("mm", config["solver"], config["n_sources"]).state_dict()
+        n_iter = 0
     weights = {k: v for k, v in weights.items() if not k.startswith("start.")}
     weights.update({f"start.{k}": v for k, v in network.state_dict().items()})
-    src = fwd["src"]
     config = dict(config)
     config.update(
         init="amortized", start=dataclasses.asdict(network.config),
-        solver={**config["solver"], "n_iter": recipe.n_iter},
-        subject=src._subject, vertices=[s["vertno"].tolist() for s in src],
+        solver={**config["solver"], "n_iter": n_iter}, n_sources=int(fwd["nsource"]),
+        subject=src._subject, vertices=vertices,
         ch_names=list(fwd["info"]["ch_names"]), code_version=__version__,
         recipe=recipe.to_dict(), mm_from=str(recipe.mm_from),
         trained={"device": device_name, "minutes": round(state["minutes"], 1),
