@@ -199,8 +199,9 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     torch.testing.assert_close(X_neg, -X, rtol=1e-4, atol=1e-6)
 
 
-def test_amortized_start_rank_one_shortcut_is_exact(fwd_small):
-    """A rank-1 sample is solved once; per time sample it gives the same start."""
+@torch.no_grad()
+def test_amortized_start_is_the_patterns_of_the_components(fwd_small):
+    """X0 = F A: the network's patterns of the temporal components, least-squares times."""
     torch.manual_seed(4)
     L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float64)
     net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1, max_rank=3)).double()
@@ -216,11 +217,16 @@ def test_amortized_start_rank_one_shortcut_is_exact(fwd_small):
     from mne_learned_mm.solver.init import tikhonov_operator
 
     K = tikhonov_operator(L, net.config.reg, "sloreta")
-    for b in range(2):
-        x = net((Y_r[b].T @ K.T)).T  # every time sample through the network
-        Lx = L @ x
-        expected = x * ((Y_r[b] * Lx).sum(0) / Lx.square().sum(0))
-        torch.testing.assert_close(X0[b], expected, rtol=1e-7, atol=1e-12)
+    # rank 1: every time sample has the pattern of the (one) component
+    x = net((Y_r[0].T @ K.T)).T
+    Lx = L @ x
+    torch.testing.assert_close(X0[0], x * ((Y_r[0] * Lx).sum(0) / Lx.square().sum(0)),
+                               rtol=1e-6, atol=1e-12)
+    # rank 2: X0 lies in the span of the two patterns f(K s_k u_k)
+    U, S, _ = torch.linalg.svd(Y[1], full_matrices=False)
+    F = net(((U[:, :2] * S[:2]).T @ K.T)).T
+    coef = torch.linalg.lstsq(F, X0[1]).solution
+    torch.testing.assert_close(F @ coef, X0[1], rtol=1e-6, atol=1e-9 * float(X0[1].abs().max()))
 
 
 def test_paper_recipe_is_the_papers_configuration():

@@ -7,8 +7,8 @@ sLORETA image ``K y`` of a topography for whatever channels it has, so one
 network serves every montage on its source space; its output is a source
 pattern. :func:`amortized_start` handles time explicitly: it keeps the
 temporal components of ``Y`` above the noise (Gavish-Donoho threshold),
-applies the network to each time sample of the denoised data and fits each
-sample's amplitude by least squares.
+applies the network to each component's topography and fits the time
+courses of the resulting patterns by least squares.
 
 Sign equivariance is exact: the network sees its input with the sign that
 makes its largest-magnitude entry positive and returns its output with the
@@ -143,18 +143,17 @@ def denoise(Y, max_rank):
     return (U * (S * keep)[:, None]) @ Vh, rank
 
 
-def _fit_amplitudes(Y, L, x):
-    """Least-squares amplitude of pattern ``x[b, :, t]`` at each time: ``X0[b, :, t]``."""
-    Lx = L @ x
-    tiny = torch.finfo(x.dtype).tiny
-    return x * ((Y * Lx).sum(1) / Lx.square().sum(1).clamp_min(tiny))[:, None]
-
-
 def amortized_start(Y, L, network, *, K=None):
-    """Start ``X0`` from the network applied to each denoised time sample.
+    """Start ``X0`` from the network applied to each temporal component of ``Y``.
 
-    A rank-1 sample has one spatial pattern (up to sign and scale) at every
-    time, so the network is applied once to it (exactly the same result).
+    With ``Y ≈ Σ_k s_k u_k v_kᵀ`` the components above the noise
+    (:func:`gavish_donoho_rank`, at most ``max_rank``), the network maps each
+    spatial component's sLORETA image ``K s_k u_k`` to a source pattern
+    ``f_k``, and the time courses come from least squares:
+    ``X0 = F A``, ``A = (L F)⁺ Y_r`` with ``F = [f_1 … f_r]``. So ``X0`` has
+    the rank of the denoised data and each time sample is the least-squares
+    fit of its data within the span of the patterns (``X0(−Y) = −X0(Y)``; the
+    sign ambiguity of the SVD cancels in ``F A``).
 
     Parameters
     ----------
@@ -169,26 +168,21 @@ def amortized_start(Y, L, network, *, K=None):
     Returns
     -------
     X0 : Tensor, shape (n_batch, n_sources, n_times)
-        Least-squares amplitude per time sample (in the units of ``Y / L``).
+        In the units of ``Y / L``.
     """
     cfg = network.config
     K = tikhonov_operator(L, cfg.reg, "sloreta") if K is None else K
-    Y_r, rank = denoise(Y, cfg.max_rank)
-    B, n, T = Y_r.shape
-    X0 = Y_r.new_empty(B, L.shape[1], T)
-    one = rank == 1
-    if one.any():  # the pattern of the strongest time sample, at every time
-        Y1 = Y_r[one]
-        peak = Y1.square().sum(1).argmax(1)
-        y = Y1.gather(2, peak[:, None, None].expand(-1, n, 1))[..., 0]
-        x = network(y @ K.T)[..., None].expand(-1, -1, T)
-        X0[one] = _fit_amplitudes(Y1, L, x)
-    if (~one).any():
-        Yk = Y_r[~one]
-        y = Yk.transpose(1, 2).reshape(-1, n)
-        x = network(y @ K.T).reshape(len(Yk), T, -1).transpose(1, 2)
-        X0[~one] = _fit_amplitudes(Yk, L, x)
-    return X0
+    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    r = min(cfg.max_rank, S.shape[1])
+    rank = gavish_donoho_rank(S, Y.shape[1:], r)
+    keep = (torch.arange(r, device=Y.device)[None] < rank[:, None]).to(Y.dtype)  # (B, r)
+    comps = U[..., :r] * (S[:, :r] * keep)[:, None]  # (B, n, r), dropped ones zero
+    Y_r = comps @ Vh[:, :r]
+    B, n, _ = comps.shape
+    F = network(comps.transpose(1, 2).reshape(B * r, n) @ K.T).reshape(B, r, -1)
+    F = F.transpose(1, 2) * keep[:, None]  # (B, s, r)
+    A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
+    return F @ A
 
 
 def start_loss(x, x_hat, background_weight=0.5):
