@@ -94,7 +94,9 @@ class Recipe:
         Model whose MM refinement (Φ, curvature net) the shipped model uses
         (same source space); ``None``: the start alone (``n_iter=0``).
     n_iter : int
-        MM iterations after the start.
+        The model's number of MM iterations after the start (what
+        ``n_iter=None`` uses; ``0``: the start alone, the MM refinement one
+        argument away).
     val_samples : int
         SEREEGA-style validation windows (seed 7, never the test seed 42).
     eval_minutes, checkpoint_minutes : float
