@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from mne_learned_mm.evaluation.benchmark import _load_forward, select_channels
+from mne_learned_mm.evaluation.benchmark import _load_forward, _subset_info
 from mne_learned_mm.evaluation.metrics import compute_metrics
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
@@ -27,13 +27,7 @@ METRICS = ("LE", "AUC", "PSNR", "TE")
 
 def _test_set(fwd, args):
     config = default_config(args.data, random_sign=True) if args.random_sign else None
-    info = None
-    if args.channels:
-        from mne_learned_mm.head import default_info
-
-        info = default_info()
-        keep = select_channels(info, args.channels)
-        info = info.copy().pick(keep)
+    info = _subset_info(fwd, args.channels) if args.channels else None  # as the CLI
     return SimulatedDataset(fwd, args.data, n_samples=args.n, seed=args.seed,
                             snr_db=args.snr, config=config, info=info, verbose=False)
 

@@ -24,3 +24,15 @@ def test_prior_floor_script_prints_its_table(extra):
     assert len(rows) == 4, out
     for le, auc in rows.values():
         assert 0 <= le < 150 and 0 <= auc <= 100
+
+
+def test_start_script_prints_its_table():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",
+         "--n-iter", "0", "1", "--n", "2", "--seed", "5", "--channels", "32"],
+        check=True, capture_output=True, text=True).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| new |")]
+    assert len(rows) == 2, out
+    for row in rows:
+        le = float(row.split("|")[3].split("±")[0])
+        assert 0 <= le < 150
