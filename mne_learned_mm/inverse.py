@@ -48,9 +48,9 @@ class LearnedMMInverse:
     Parameters
     ----------
     model : str | path-like
-        A packaged model name (``"default"``: fsaverage ico3, 90-channel
-        10-20 montage, SEREEGA-style training data) or a model directory
-        written by the training CLI.
+        A packaged model name (``"default"``: fsaverage ico3, trained on the
+        90-channel 10-20 montage and its subsets, patch-bank topographies)
+        or a model directory written by the training CLIs.
     n_iter : int | None
         Number of MM iterations (``0``: the learned start alone); ``None`` uses the
         model's trained value.
@@ -101,11 +101,12 @@ class LearnedMMInverse:
     warning says that localization degrades (the shipped model is measured
     on 32 to 128 channels).
 
-    The learned prior assumes what it was trained on: extended cortical
-    patches (about 1 cm across and larger). A focal, dipole-like source is
-    explained by an extended patch instead, often 1-3 cm away; for such
-    sources sLORETA, eLORETA or a dipole fit localise better (generalization probe in
-    ``benchmarks/RESULTS.md``).
+    The shipped model estimates from an amortized start (a network trained
+    on extended patches and single sources, see :doc:`/how_it_works`); its
+    default is that start alone, ``n_iter=10`` adds ten MM steps with the
+    descent certificate. For focal, dipole-like sources sLORETA, eLORETA or a
+    dipole fit localise better (single dipoles: 15 mm against sLORETA's
+    7.5 mm on the generalization probe in ``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
@@ -469,8 +470,8 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
 
     Notes
     -----
-    The model assumes extended sources; see the Notes of
-    :class:`~mne_learned_mm.LearnedMMInverse` for focal ones.
+    See the Notes of :class:`~mne_learned_mm.LearnedMMInverse` (the default
+    start alone vs ``n_iter=10``, focal sources).
     """
     inv = LearnedMMInverse(model=model, n_iter=n_iter, bound=bound, device=device,
                            batch_size=batch_size, deflate=deflate, n_jobs=n_jobs)
