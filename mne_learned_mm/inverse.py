@@ -315,9 +315,9 @@ class LearnedMMInverse:
         if is_epochs and len(data) == 0:
             raise ValueError("The epochs hold no epoch (all dropped?): nothing to solve.")
         _check_data(data)
-        Y = np.einsum("ij,bjt->bit", P, data)
+        Y = P @ data
         _check_flat(Y, data)
-        Gw, Yw = (W @ G, np.einsum("ij,bjt->bit", W, Y)) if W is not None else (G, Y)
+        Gw, Yw = (W @ G, W @ Y) if W is not None else (G, Y)
         with _torch_threads(n_threads):
             X = self._solve(Yw, Gw, inst.info["sfreq"])
         X *= _amplitude_scale(Yw, Gw, X)[:, None, None]
@@ -325,7 +325,7 @@ class LearnedMMInverse:
         out = stcs if is_epochs else stcs[0]
         if not return_residual:
             return out
-        return out, _residual(inst, picks, Y - np.einsum("ij,bjt->bit", G, X))
+        return out, _residual(inst, picks, Y - G @ X)
 
     def _prepare_gain(self, info):
         """Picks, projector P, projected gain P G and whitener W (or None).
@@ -654,7 +654,7 @@ def _torch_threads(n_threads):
 
 def _amplitude_scale(Y, G, X):
     """Least-squares factor ``α = ⟨Y, G X⟩ / ‖G X‖²`` per sample, shape (B,)."""
-    GX = np.einsum("ij,bjt->bit", G, X)
+    GX = G @ X  # (B, n, t), BLAS
     num = np.einsum("bit,bit->b", Y, GX)
     den = np.einsum("bit,bit->b", GX, GX)
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)

@@ -346,7 +346,10 @@ class LearnedMM(nn.Module):
         history : SolverHistory
         """
         cfg = self.config
-        X = initial_point(Y, self.n_sources, cfg, X0)
+        if cfg.n_iter == 0 and X0 is not None and X0.dim() == 3:
+            X = torch.as_tensor(X0, dtype=Y.dtype, device=Y.device)  # nothing to update: no copy
+        else:
+            X = initial_point(Y, self.n_sources, cfg, X0)
         if cfg.n_iter == 0:  # the start alone: no cost is computed (NaN in the history)
             rec = _Recorder()
             rec.add(cost=X.new_full(X.shape[:1], math.nan))
