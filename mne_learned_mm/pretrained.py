@@ -294,19 +294,22 @@ class SolverPipeline:
         """``L`` at unit spectral norm, kept for the next batch with the same ``L``."""
         from .solver.init import unit_spectral
 
-        cached = getattr(self, "_leadfield", None)
-        if cached is None or not _same(cached[0], L):
-            self._leadfield = (L, unit_spectral(L))
-        return self._leadfield[1]
+        return self._cached("_leadfield", L, unit_spectral)
 
     def _operator(self, L):
         """The start network's sLORETA operator of ``L``, kept for the next batch."""
         from .solver.init import tikhonov_operator
 
-        cached = getattr(self, "_K", None)
+        reg = self.start_network.config.reg
+        return self._cached("_K", L, lambda L_: tikhonov_operator(L_, reg, "sloreta"))
+
+    def _cached(self, name, L, compute):
+        """``compute(L)``, recomputed only when ``L`` differs from the last call's."""
+        cached = getattr(self, name, None)
         if cached is None or not _same(cached[0], L):
-            self._K = (L, tikhonov_operator(L, self.start_network.config.reg, "sloreta"))
-        return self._K[1]
+            cached = (L, compute(L))
+            setattr(self, name, cached)
+        return cached[1]
 
     def _solve_normalised(self, Y, L):
         return self.module(Y, L, X0=self.start(Y, L))

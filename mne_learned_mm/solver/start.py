@@ -124,6 +124,31 @@ def gavish_donoho_rank(S, shape, max_rank):
     return (S > tau).sum(1).clamp(1, max_rank)
 
 
+def temporal_components(Y, max_rank):
+    """Temporal components of each ``Y`` above the noise (Gavish-Donoho).
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+    max_rank : int
+
+    Returns
+    -------
+    comps : Tensor, shape (n_batch, n_sensors, r)
+        Spatial components ``s_k u_k``, zero beyond each sample's rank
+        (``r = min(max_rank, n_sensors, n_times)``).
+    Vh : Tensor, shape (n_batch, r, n_times)
+        Their time courses ``v_kᵀ``.
+    keep : Tensor, shape (n_batch, r)
+        1 for the kept components, 0 for the others.
+    """
+    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    r = min(max_rank, S.shape[1])
+    rank = gavish_donoho_rank(S, Y.shape[1:], r)
+    keep = (torch.arange(r, device=Y.device)[None] < rank[:, None]).to(Y.dtype)
+    return U[..., :r] * (S[:, :r] * keep)[:, None], Vh[:, :r], keep
+
+
 def denoise(Y, max_rank):
     """Projection of each ``Y`` on its temporal components above the noise.
 
@@ -137,10 +162,8 @@ def denoise(Y, max_rank):
     Y_r : Tensor, shape (n_batch, n_sensors, n_times)
     rank : Tensor of int64, shape (n_batch,)
     """
-    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
-    rank = gavish_donoho_rank(S, Y.shape[1:], max_rank)
-    keep = (torch.arange(S.shape[1], device=Y.device)[None] < rank[:, None]).to(Y.dtype)
-    return (U * (S * keep)[:, None]) @ Vh, rank
+    comps, Vh, keep = temporal_components(Y, max_rank)
+    return comps @ Vh, keep.sum(1).long()
 
 
 def amortized_start(Y, L, network, *, K=None):
@@ -172,13 +195,9 @@ def amortized_start(Y, L, network, *, K=None):
     """
     cfg = network.config
     K = tikhonov_operator(L, cfg.reg, "sloreta") if K is None else K
-    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
-    r = min(cfg.max_rank, S.shape[1])
-    rank = gavish_donoho_rank(S, Y.shape[1:], r)
-    keep = (torch.arange(r, device=Y.device)[None] < rank[:, None]).to(Y.dtype)  # (B, r)
-    comps = U[..., :r] * (S[:, :r] * keep)[:, None]  # (B, n, r), dropped ones zero
-    Y_r = comps @ Vh[:, :r]
-    B, n, _ = comps.shape
+    comps, Vh, keep = temporal_components(Y, cfg.max_rank)  # (B, n, r), dropped ones zero
+    Y_r = comps @ Vh
+    B, n, r = comps.shape
     F = network(comps.transpose(1, 2).reshape(B * r, n) @ K.T).reshape(B, r, -1)
     F = F.transpose(1, 2) * keep[:, None]  # (B, s, r)
     A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
