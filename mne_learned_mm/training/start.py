@@ -208,7 +208,7 @@ def validation_set(fwd, n):
 
 @torch.no_grad()
 def validate_start(network, val, device):
-    """Mean LE (mm) and AUC (%) of the start alone on ``val``."""
+    """Mean LE (mm), AUC (%) and PSNR (dB) of the start alone on ``val``."""
     L = torch.as_tensor(val.L, device=device)
     per_sample = []
     geo = val.geometry
