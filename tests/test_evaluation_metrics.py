@@ -89,17 +89,19 @@ def test_perfect_reconstruction():
     assert m["PSNR"] == np.inf
 
 
-@pytest.mark.parametrize("shift", [1, 2, -3])
-def test_peak_moved_to_neighbour(shift):
-    """Estimate shifted along the chain: LE is the shift distance."""
+@pytest.mark.parametrize("axis, shift", [(0, 1), (0, 2), (0, -3), (1, 1), (1, 4), (1, -6)])
+def test_shifted_estimate(axis, shift):
+    """Estimate rolled along the chain (axis 0) or in time (axis 1): LE is the
+    shift distance, TE the delay."""
     pos, adj = _chain()
     X, seeds, patches = _patch_sources([20])
-    X_hat = np.roll(X, shift, axis=0)
-    m = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ)
-    assert m["LE"] == pytest.approx(1e3 * SPACING * abs(shift))
-    assert m["TE"] == 0
-    assert m["AUC"] < 100
-    assert m["nMSE"] > 0
+    m = compute_metrics(X, np.roll(X, shift, axis=axis), seeds, patches, pos, adj, SFREQ)
+    n_sources, n_samples = (abs(shift), 0) if axis == 0 else (0, abs(shift))
+    assert m["LE"] == pytest.approx(1e3 * SPACING * n_sources)
+    assert m["TE"] == pytest.approx(1e3 * n_samples / SFREQ)
+    if axis == 0:
+        assert m["AUC"] < 100
+        assert m["nMSE"] > 0
 
 
 def test_peak_outside_zone_is_not_found():
@@ -111,16 +113,6 @@ def test_peak_outside_zone_is_not_found():
     assert m["LE"] == 0
     m7 = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ, order=12)
     assert m7["LE"] == pytest.approx(50.0)
-
-
-@pytest.mark.parametrize("delay", [1, 4, -6])
-def test_delayed_waveform(delay):
-    pos, adj = _chain()
-    X, seeds, patches = _patch_sources([20])
-    X_hat = np.roll(X, delay, axis=1)
-    m = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ)
-    assert m["TE"] == pytest.approx(1e3 * abs(delay) / SFREQ)
-    assert m["LE"] == 0
 
 
 def test_sign_flip():

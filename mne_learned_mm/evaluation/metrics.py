@@ -67,6 +67,21 @@ peak in their zone (the others get the worst-case LE and TE)."""
 ZONE_ORDER = 7
 """Number of neighbour rings around a seed in which its estimated peak is sought."""
 
+_DOCDICT = {
+    "X, X_hat": "X, X_hat : array, shape (n_sources, n_times)\n        True and estimated "
+                "sources.",
+    "seed": "seed : int\n        True seed.",
+    "zone": "zone : array of int, shape (n_zone,)\n        Search zone of the seed "
+            "(see :func:`seed_zone`).",
+}
+
+
+def _fill_doc(func):
+    """Put the ``%(name)s`` parameter entries of :data:`_DOCDICT` in a docstring."""
+    for name, text in _DOCDICT.items():
+        func.__doc__ = func.__doc__.replace(f"%({name})s", text)
+    return func
+
 
 def _as_csr(adjacency):
     adjacency = sparse.csr_array(adjacency)
@@ -161,6 +176,12 @@ def peak_time(X, seed):
     return int(np.argmax(np.abs(X[seed])))
 
 
+def _peak_columns(X, X_hat, seed):
+    """``X[:, t*]`` and ``X_hat[:, t*]`` at the seed's peak time ``t*``."""
+    t_peak = peak_time(X, seed)
+    return X[:, t_peak], X_hat[:, t_peak]
+
+
 def estimated_seed(X_hat, t_peak, zone):
     """Source of largest absolute estimate in a zone at a time.
 
@@ -185,21 +206,17 @@ def estimated_seed(X_hat, t_peak, zone):
     return int(zone[np.argmax(values)])
 
 
+@_fill_doc
 def localization_error(X, X_hat, seed, pos, zone):
     """Localisation error of one seed, in mm.
 
     Parameters
     ----------
-    X : array, shape (n_sources, n_times)
-        True sources.
-    X_hat : array, shape (n_sources, n_times)
-        Estimated sources.
-    seed : int
-        True seed.
+    %(X, X_hat)s
+    %(seed)s
     pos : array, shape (n_sources, 3)
         Source positions in metres.
-    zone : array of int, shape (n_zone,)
-        Search zone of the seed (see :func:`seed_zone`).
+    %(zone)s
 
     Returns
     -------
@@ -214,19 +231,15 @@ def localization_error(X, X_hat, seed, pos, zone):
     return 1e3 * float(np.linalg.norm(pos[seed] - pos[s_hat]))
 
 
+@_fill_doc
 def time_error(X, X_hat, seed, zone, sfreq):
     """Time error of one seed, in ms.
 
     Parameters
     ----------
-    X : array, shape (n_sources, n_times)
-        True sources.
-    X_hat : array, shape (n_sources, n_times)
-        Estimated sources.
-    seed : int
-        True seed.
-    zone : array of int, shape (n_zone,)
-        Search zone of the seed (see :func:`seed_zone`).
+    %(X, X_hat)s
+    %(seed)s
+    %(zone)s
     sfreq : float
         Sampling frequency in Hz.
 
@@ -271,17 +284,14 @@ def roc_auc(labels, scores):
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+@_fill_doc
 def auc_at_peak(X, X_hat, seed):
     """ROC AUC of the estimated extent at the seed's peak time, in %.
 
     Parameters
     ----------
-    X : array, shape (n_sources, n_times)
-        True sources.
-    X_hat : array, shape (n_sources, n_times)
-        Estimated sources.
-    seed : int
-        True seed.
+    %(X, X_hat)s
+    %(seed)s
 
     Returns
     -------
@@ -289,43 +299,35 @@ def auc_at_peak(X, X_hat, seed):
         ROC AUC (%) of the scores ``|X_hat[:, t*]| / max`` against the labels
         ``|X[:, t*]| > 0``.
     """
-    t_peak = peak_time(X, seed)
-    labels = np.abs(X[:, t_peak]) > 0
-    scores = np.abs(normalize_max(X_hat[:, t_peak]))
-    return 100.0 * roc_auc(labels, scores)
+    x, x_hat = _peak_columns(X, X_hat, seed)
+    return 100.0 * roc_auc(np.abs(x) > 0, np.abs(normalize_max(x_hat)))
 
 
+@_fill_doc
 def nmse_at_peak(X, X_hat, seed):
     """Normalised mean squared error at the seed's peak time.
 
     Parameters
     ----------
-    X : array, shape (n_sources, n_times)
-        True sources.
-    X_hat : array, shape (n_sources, n_times)
-        Estimated sources.
-    seed : int
-        True seed.
+    %(X, X_hat)s
+    %(seed)s
 
     Returns
     -------
     nmse : float
         ``mean((X[:, t*]/max|X[:, t*]| − X_hat[:, t*]/max|X_hat[:, t*]|)²)``.
     """
-    t_peak = peak_time(X, seed)
-    diff = normalize_max(X[:, t_peak]) - normalize_max(X_hat[:, t_peak])
-    return float(np.mean(diff**2))
+    x, x_hat = _peak_columns(X, X_hat, seed)
+    return float(np.mean((normalize_max(x) - normalize_max(x_hat)) ** 2))
 
 
+@_fill_doc
 def psnr(X, X_hat):
     """Peak signal-to-noise ratio of the whole estimate, in dB.
 
     Parameters
     ----------
-    X : array, shape (n_sources, n_times)
-        True sources.
-    X_hat : array, shape (n_sources, n_times)
-        Estimated sources.
+    %(X, X_hat)s
 
     Returns
     -------
@@ -352,6 +354,7 @@ def _check_pair(X, X_hat):
     return X, X_hat
 
 
+@_fill_doc
 def compute_metrics(X, X_hat, seeds, patches, pos, adjacency, sfreq, *, order=ZONE_ORDER):
     """All five metrics of one sample.
 
