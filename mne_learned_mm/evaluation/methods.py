@@ -187,7 +187,26 @@ class MinimumNorm:
         return f"MinimumNorm({self.method!r}, lambda2={self.lambda2:g}, depth={self.depth})"
 
 
-class MixedNorm:
+class _SparseSolver:
+    """MNE sparse solver with ``loose=0``, cached forward and warnings counted.
+
+    The part MixedNorm and GammaMap share; depth weighting applies when the
+    forward allows it (see :class:`_ForwardCache`).
+    """
+
+    def __init__(self, depth):
+        self.depth = depth
+        self._fwd_cache = _ForwardCache()
+        self.warnings_ = Counter()
+
+    def _solve(self, func, evoked, fwd, noise_cov, **options):
+        free, depth = self._fwd_cache(fwd)
+        return _run_counting_warnings(
+            self.warnings_, func, evoked, free, noise_cov, loose=0.0,
+            depth=None if depth is None else self.depth, verbose=False, **options)
+
+
+class MixedNorm(_SparseSolver):
     """``"MxNE"``: :func:`mne.inverse_sparse.mixed_norm` with fixed orientation.
 
     Parameters
@@ -213,31 +232,27 @@ class MixedNorm:
 
     def __init__(self, *, alpha=50.0, n_mxne_iter=1, maxit=3000, tol=1e-4, solver="bcd",
                  depth=0.8):
+        super().__init__(depth)
         self.alpha = alpha
         self.n_mxne_iter = n_mxne_iter
         self.maxit = maxit
         self.tol = tol
         self.solver = solver
-        self.depth = depth
-        self._fwd_cache = _ForwardCache()
-        self.warnings_ = Counter()
 
     def __call__(self, evoked, fwd, noise_cov):
         """Estimate sources; see :func:`mne.inverse_sparse.mixed_norm`."""
         from mne.inverse_sparse import mixed_norm
 
-        free, depth = self._fwd_cache(fwd)
-        return _run_counting_warnings(
-            self.warnings_, mixed_norm, evoked, free, noise_cov, alpha=self.alpha,
-            loose=0.0, depth=None if depth is None else self.depth, maxit=self.maxit,
-            tol=self.tol, n_mxne_iter=self.n_mxne_iter, solver=self.solver, verbose=False)
+        return self._solve(mixed_norm, evoked, fwd, noise_cov, alpha=self.alpha,
+                           maxit=self.maxit, tol=self.tol, n_mxne_iter=self.n_mxne_iter,
+                           solver=self.solver)
 
     def __repr__(self):
         return (f"MixedNorm(alpha={self.alpha:g}, n_mxne_iter={self.n_mxne_iter}, "
                 f"maxit={self.maxit}, tol={self.tol:g}, solver={self.solver!r})")
 
 
-class GammaMap:
+class GammaMap(_SparseSolver):
     """``"gamma_map"``: :func:`mne.inverse_sparse.gamma_map` with fixed orientation.
 
     Parameters
@@ -258,22 +273,17 @@ class GammaMap:
     """
 
     def __init__(self, *, alpha=1.0, maxit=1000, tol=1e-5, depth=0.8):
+        super().__init__(depth)
         self.alpha = alpha
         self.maxit = maxit
         self.tol = tol
-        self.depth = depth
-        self._fwd_cache = _ForwardCache()
-        self.warnings_ = Counter()
 
     def __call__(self, evoked, fwd, noise_cov):
         """Estimate sources; see :func:`mne.inverse_sparse.gamma_map`."""
         from mne.inverse_sparse import gamma_map
 
-        free, depth = self._fwd_cache(fwd)
-        return _run_counting_warnings(
-            self.warnings_, gamma_map, evoked, free, noise_cov, alpha=self.alpha, loose=0.0,
-            depth=None if depth is None else self.depth, maxit=self.maxit, tol=self.tol,
-            verbose=False)
+        return self._solve(gamma_map, evoked, fwd, noise_cov, alpha=self.alpha,
+                           maxit=self.maxit, tol=self.tol)
 
     def __repr__(self):
         return f"GammaMap(alpha={self.alpha:g}, maxit={self.maxit}, tol={self.tol:g})"
