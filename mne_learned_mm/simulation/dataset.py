@@ -94,22 +94,10 @@ def waveform_function(kind, config, bank=None):
     fn : callable
     """
     if kind == "sereega":
-        return partial(_sereega, config=config)
+        return partial(sereega_waveforms, config=config)
     if kind == "evoked":
-        return partial(_evoked, config=config)
-    return partial(_nmm, bank=bank, config=config)
-
-
-def _sereega(rng, n, config):
-    return sereega_waveforms(rng, n, config)
-
-
-def _evoked(rng, n, config):
-    return evoked_waveforms(rng, n, config)
-
-
-def _nmm(rng, n, bank, config):
-    return nmm_waveforms(rng, n, bank, config)
+        return partial(evoked_waveforms, config=config)
+    return partial(nmm_waveforms, bank=bank, config=config)
 
 
 def split_indices(n_total, fractions=(0.8, 0.2)):
