@@ -17,7 +17,10 @@ from mne_learned_mm.solver.start import (
     canonical_sign,
     denoise,
     gavish_donoho_rank,
+    peak_loss,
+    singular_pairs,
     start_loss,
+    temporal_components,
 )
 from mne_learned_mm.training import start as recipe_mod
 
@@ -140,6 +143,26 @@ def test_gavish_donoho_rank_finds_the_signal_rank():
     assert torch.linalg.norm(Y_r[0] - signal) < 0.5 * torch.linalg.norm(Y - signal)
 
 
+@pytest.mark.parametrize("shape", [(2, 30, 50), (2, 30, 7)])
+def test_temporal_components_match_the_svd(shape):
+    """The Gram eigendecomposition gives the SVD's values and rank-r projection."""
+    gen = torch.Generator().manual_seed(5)
+    Y = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    Y = Y + 10 * torch.randn(shape[0], shape[1], 1, generator=gen, dtype=torch.float64) @ \
+        torch.randn(shape[0], 1, shape[2], generator=gen, dtype=torch.float64)
+    U, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    S2, _ = singular_pairs(Y)
+    torch.testing.assert_close(S2, S, rtol=1e-10, atol=1e-10)
+    comps, Vh2, keep = temporal_components(Y, 3)
+    r = keep.sum(1).long()
+    for b in range(shape[0]):
+        k = int(r[b])
+        torch.testing.assert_close(comps[b] @ Vh2[b], (U[b, :, :k] * S[b, :k]) @ Vh[b, :k],
+                                   rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(Vh2[b, :k] @ Vh2[b, :k].T,
+                                   torch.eye(k, dtype=torch.float64))
+
+
 def test_amortized_start_sign_equivariant_and_least_squares(fwd_small):
     torch.manual_seed(2)
     L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float64)
@@ -164,6 +187,52 @@ def test_start_loss():
     diffuse = x + 0.1
     assert float(start_loss(x, diffuse, background_weight=1.0)) > float(
         start_loss(x, diffuse, background_weight=0.0)) > 0
+
+
+def test_patch_zones_are_the_metric_zones(bank):
+    from mne_learned_mm.evaluation.metrics import seed_zone
+
+    gen = torch.Generator().manual_seed(6)
+    y, x, which, amp = bank.sample(gen, 40, BankConfig(), return_patches=True)
+    seeds, zones, active = recipe_mod.patch_zones(bank, which, amp)
+    assert active.tolist() == (amp != 0).tolist()
+    adjacency = bank.geometry.adjacency
+    checked = 0
+    for i in range(40):
+        present = [j for j in range(amp.shape[1]) if active[i, j]]
+        patches = {j: bank.index[which[i, j]][bank.weight[which[i, j]] > 0].numpy()
+                   for j in present}
+        for j in present:
+            seed = int(seeds[i, j])
+            assert seed == bank.seeds[which[i, j]]
+            expected = set(seed_zone(adjacency, seed, [patches[o] for o in present
+                                                       if o != j]).tolist()) - {seed}
+            assert set(torch.where(zones[i, j])[0].tolist()) == expected
+            checked += 1
+    assert checked > 40  # some mixtures have several patches
+
+
+def test_peak_loss_penalises_a_peak_off_the_seed():
+    x = torch.tensor([[0.0, 0.5, 1.0, 0.9, 0.0, 0.0]])
+    seeds = torch.tensor([[2]])
+    zones = torch.tensor([[[True, True, False, True, True, False]]])
+    active = torch.tensor([[True]])
+    on_seed = float(peak_loss(x, seeds, zones, active, smoothing=0.01))
+    assert on_seed == pytest.approx(0.0, abs=1e-4)  # the peak leads by 10 δ
+    shifted = x.clone()
+    shifted[0, 3] = 2.0  # the peak one source off: about m − v = 1 − 0.5
+    assert float(peak_loss(shifted, seeds, zones, active, smoothing=0.01)) == pytest.approx(
+        0.5, abs=1e-3)
+    outside = x.clone()
+    outside[0, 5] = 3.0  # larger, but outside the zone: only rescales
+    assert float(peak_loss(outside, seeds, zones, active, 0.01)) < 1e-3
+    assert float(peak_loss(-x, seeds, zones, active, 0.01)) == pytest.approx(on_seed)
+    none = torch.tensor([[False]])
+    assert float(peak_loss(shifted, seeds, zones, none)) == 0.0
+    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda v: peak_loss(v, seeds.expand(3, 1), zones.expand(3, 1, 6),
+                            active.expand(3, 1), 0.1), (z,))
 
 
 def test_recipe_rejects_unknown_keys(tmp_path):

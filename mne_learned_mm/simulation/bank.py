@@ -220,7 +220,7 @@ class PatchBank:
             ok &= dist >= orders[:, i] + orders[:, j] + margin
         return ok
 
-    def sample(self, gen, n, config=None, keep=None, transform=None):
+    def sample(self, gen, n, config=None, keep=None, transform=None, return_patches=False):
         """A batch of noisy single topographies and their sources.
 
         Parameters
@@ -237,6 +237,8 @@ class PatchBank:
             reference, e.g. a whitener whose range is orthogonal to the
             reference (the kept channels are its non-zero rows); the noise
             is then white in the transformed space.
+        return_patches : bool
+            Also return the mixtures' patches (:meth:`draw_mixtures`).
 
         Returns
         -------
@@ -244,6 +246,9 @@ class PatchBank:
             Noisy topographies (unit norm).
         x : Tensor, shape (n, n_sources)
             Their sources.
+        which, amplitude : Tensor, shape (n, k_max)
+            Only with ``return_patches``: bank indices and signed amplitudes
+            (0 for absent patches).
         """
         config = BankConfig() if config is None else config
         if transform is not None:
@@ -259,7 +264,7 @@ class PatchBank:
         clean = _reference(clean, keep) if transform is None else clean @ transform.T
         snr = 10 ** (_uniform(gen, n, config.snr_db) / 20)
         y = clean + _unit_rows(noise) * (clean.norm(dim=1) / snr)[:, None]
-        return _unit_rows(y), x
+        return (_unit_rows(y), x) + ((which, amp) if return_patches else ())
 
 
 def _uniform(gen, n, interval):

@@ -28,12 +28,13 @@ from mne.utils import ProgressBar, logger
 from .. import __version__
 from .._config import check_device
 from .._forward import read_forward
-from ..evaluation.metrics import compute_metrics, summarize_metrics
+from ..evaluation.metrics import ZONE_ORDER, compute_metrics, summarize_metrics
 from ..pretrained import load_state, save_model
 from ..simulation import SereegaConfig, SimulatedDataset
 from ..simulation.bank import BankConfig, PatchBank
 from ..solver.init import normalise_problem, tikhonov_operator
-from ..solver.start import StartConfig, StartNetwork, amortized_start, start_loss
+from ..solver.start import (StartConfig, StartNetwork, amortized_start, peak_loss,
+                            start_loss)
 
 CKPT = "checkpoint_start.pt"
 HISTORY = "history_start.csv"
@@ -56,6 +57,9 @@ class Optimisation:
     weight_decay : float
     background_weight : float
         Weight of the off-support L1 share in :func:`~.solver.start.start_loss`.
+    peak_weight : float
+        Weight of :func:`~.solver.start.peak_loss` (each patch's peak on its
+        seed, within the localization metric's search zone); 0: not used.
     subset_prob : float
         Probability that a step uses a random channel subset.
     subset_fraction : tuple of float
@@ -71,6 +75,7 @@ class Optimisation:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     background_weight: float = 0.5
+    peak_weight: float = 0.0
     subset_prob: float = 0.5
     subset_fraction: tuple = (0.3, 1.0)
     whiten_prob: float = 0.3
@@ -248,6 +253,49 @@ def _append_history(out, row):
         writer.writerow(row)
 
 
+def patch_zones(bank, which, amplitude):
+    """Seeds and metric search zones of sampled mixtures (for :func:`peak_loss`).
+
+    Parameters
+    ----------
+    bank : PatchBank
+    which, amplitude : Tensor, shape (n, k)
+        From :meth:`PatchBank.sample` with ``return_patches=True``.
+
+    Returns
+    -------
+    seeds : Tensor of int64, shape (n, k)
+    zones : Tensor of bool, shape (n, k, n_sources)
+        Sources within :data:`~mne_learned_mm.evaluation.metrics.ZONE_ORDER`
+        rings of each seed, minus the other patches' sources and the seed.
+    active : Tensor of bool, shape (n, k)
+    """
+    n, k = which.shape
+    seeds = bank._seed_t[which]
+    active = amplitude != 0
+    zones = bank.hops[seeds].long() <= ZONE_ORDER
+    support = torch.stack([bank.sources(which[:, j:j + 1], active[:, j:j + 1].float()) != 0
+                           for j in range(k)], 1)  # (n, k, s)
+    for j in range(k):
+        others = support[:, [i for i in range(k) if i != j]].any(1)
+        zones[:, j] &= ~others
+    zones.scatter_(2, seeds[..., None], False)
+    return seeds, zones, active
+
+
+def _step_loss(net, bank, gen, recipe, T, K, device):
+    optim = recipe.optim
+    y, x, which, amp = bank.sample(gen, optim.batch_size, recipe.bank, transform=T,
+                                   return_patches=True)
+    x_hat = net(y.to(device) @ K.T.to(device))
+    loss = start_loss(x.to(device), x_hat, optim.background_weight)
+    if optim.peak_weight > 0:
+        seeds, zones, active = patch_zones(bank, which, amp)
+        loss = loss + optim.peak_weight * peak_loss(x_hat, seeds.to(device), zones.to(device),
+                                                    active.to(device))
+    return loss
+
+
 def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     """Fit the start network (resumes from ``out`` when a checkpoint is there).
 
@@ -295,9 +343,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     for step in ProgressBar(steps, mesg="start network"):
         _, T, L = step_operator(bank, gen, recipe.optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
-        y, x = bank.sample(gen, recipe.optim.batch_size, recipe.bank, transform=T)
-        loss = start_loss(x.to(device), net(y.to(device) @ K.T.to(device)),
-                          recipe.optim.background_weight)
+        loss = _step_loss(net, bank, gen, recipe, T, K, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
