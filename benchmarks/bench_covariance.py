@@ -1,7 +1,9 @@
 """Localization with and without the baseline noise covariance, on correlated noise.
 
 Each sample: SEREEGA-style extended sources (1-3 patches, the test protocol of
-``benchmarks/RESULTS.md``) on the default fsaverage forward, plus brain-background
+``benchmarks/RESULTS.md``), or with ``--kind evoked`` the evoked-like sources
+(multiphasic components after a baseline, 500 samples at 1 kHz), on the
+default fsaverage forward, plus brain-background
 noise (500 random cortical dipoles with 1/f time courses, one draw per sample, so
 its spatial covariance is that of those dipoles) and 10 % (in power) white sensor
 noise, at ``--snr`` dB. The noise covariance is estimated as an MNE user does it,
@@ -10,7 +12,8 @@ noise, at ``--snr`` dB. The noise covariance is estimated as an MNE user does it
 sLORETA is run with the baseline covariance and with an ad hoc diagonal one of
 the same total power, for reference.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_covariance.py --n 100
+    OMP_NUM_THREADS=1 python benchmarks/bench_covariance.py --n 100 [--kind evoked]
+        [--model default]
 """
 
 import argparse
@@ -69,14 +72,17 @@ def main(argv=None):
                         help="random cortical dipoles of the brain background")
     parser.add_argument("--spread", type=float, default=1.0,
                         help="sensor noise levels log-uniform over [1, spread] x")
+    parser.add_argument("--kind", default="sereega", choices=("sereega", "evoked"),
+                        help="time courses of the sources")
+    parser.add_argument("--model", default="default", help="learned model name or path")
     args = parser.parse_args(argv)
     mne.set_log_level("ERROR")
     fwd = make_fsaverage_forward()
-    ds = SimulatedDataset(fwd, kind="sereega", n_samples=args.n, seed=args.seed,
+    ds = SimulatedDataset(fwd, kind=args.kind, n_samples=args.n, seed=args.seed,
                           snr_db=300.0)  # clean sources; the noise is added here
     geo = ds.geometry
     rng = np.random.default_rng(args.seed)
-    inv = LearnedMMInverse(n_jobs=1).fit(fwd)
+    inv = LearnedMMInverse(args.model, n_jobs=1).fit(fwd)
     methods = {
         "learned MM, no noise_cov": lambda ev, cov, adhoc: inv.apply(ev),
         "learned MM, baseline noise_cov": None,  # fitted per sample below
@@ -93,14 +99,15 @@ def main(argv=None):
         for name, method in methods.items():
             t0 = time.perf_counter()
             if method is None:
-                stc = LearnedMMInverse(n_jobs=1).fit(fwd, cov).apply(evoked)
+                stc = LearnedMMInverse(args.model, n_jobs=1).fit(fwd, cov).apply(evoked)
             else:
                 stc = method(evoked, cov, adhoc)
             seconds[name] += time.perf_counter() - t0
             rows[name].append(compute_metrics(item["X"], stc.data, item["seeds"],
                                               item["patches"], geo.pos, geo.adjacency,
                                               ds.sfreq))
-    print(f"\n{args.n} samples, SEREEGA-style sources (1-3 patches), brain background "
+    print(f"\n{args.n} samples, {args.kind} sources (1-3 patches), model {args.model}, "
+          f"brain background "
           f"({args.n_background} dipoles) + {100 * args.white:g} % sensor noise (levels "
           f"1-{args.spread:g} x), SNR {args.snr:g} dB, baseline {args.baseline:g} s\n")
     print("| method | LE (mm) | AUC (%) | nMSE | TE (ms) | s/sample |")
