@@ -1,6 +1,5 @@
 """Tests of the learned MM loop and the unrolled baseline (tiny, float64)."""
 
-import math
 
 import numpy as np
 import pytest
@@ -9,11 +8,15 @@ from torch.func import functional_call
 
 from mne_learned_mm.solver import (
     BOUNDS,
+    ConvAutoencoder,
+    CurvatureConfig,
     LearnedMM,
     MMConfig,
+    PriorConfig,
     SolverHistory,
     UnrolledSolver,
     lower_cost,
+    split_solver_config,
     upper_loss,
 )
 
@@ -258,7 +261,8 @@ def test_spatial_basis_variants(rank, basis):
 
     torch.manual_seed(0)
     net = CurvatureNet(N_SOURCES, hidden=4, rank=rank, basis=basis).double()
-    solver = _solver(10, curvature=net, n_iter=3)
+    torch.manual_seed(10)
+    solver = LearnedMM(N_SOURCES, n_iter=3, prior_hidden=6, prior_eps=0.1, curvature=net).double()
     with torch.no_grad():
         _, history = solver(Y, L)
     _assert_monotone(history)
@@ -277,4 +281,26 @@ def test_config_validation():
     solver = LearnedMM(N_SOURCES, cfg, gamma=1.5, **SMALL)
     assert solver.config.n_iter == 2 and solver.config.gamma == 1.5
     assert cfg.gamma == 1.0  # not mutated
-    assert math.isclose(MMConfig().init_scale, 1e-3)
+
+
+def test_flat_settings_go_to_their_configuration():
+    # a model's config.json stores the settings flat: prior_* is Φ, net_* the curvature net
+    flat = {"n_iter": 3, "bound": "hvp", "prior_hidden": 7, "prior_odd": True,
+            "net_hidden": 5, "net_rank": 4, "net_even": True}
+    settings = split_solver_config(flat)
+    assert settings[MMConfig] == {"n_iter": 3, "bound": "hvp"}
+    assert settings[PriorConfig] == {"hidden": 7, "odd": True}
+    assert settings[CurvatureConfig] == {"hidden": 5, "rank": 4, "even": True}
+    solver = LearnedMM(N_SOURCES, **flat)
+    assert solver.config == MMConfig(n_iter=3, bound="hvp")
+    assert solver.prior.conv1.out_channels == 7 and solver.prior.odd and solver.curvature.even
+    # the same networks from their configurations
+    same = LearnedMM(N_SOURCES, MMConfig(n_iter=3, bound="hvp"), PriorConfig(7, odd=True),
+                     CurvatureConfig(5, 4, even=True))
+    assert {k: v.shape for k, v in same.state_dict().items()} == {
+        k: v.shape for k, v in solver.state_dict().items()}
+    for bad in ("prior_context", "seed", "net_kernel"):  # removed settings are refused
+        with pytest.raises(ValueError, match=f"Unknown solver setting.*{bad}"):
+            LearnedMM(N_SOURCES, **{bad: 1})
+    with pytest.raises(ValueError, match="prior_"):
+        LearnedMM(N_SOURCES, prior=ConvAutoencoder(N_SOURCES), prior_hidden=4)

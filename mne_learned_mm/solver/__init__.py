@@ -7,11 +7,11 @@ from .bounds import (
     hessian_power_iteration,
     hvp_nu_hi,
     operator_norm_sq,
-    paper_nu_hi,
 )
-from .init import deflation_start, strongest_blob
+from .init import deflation_start, initial_point, strongest_blob
 from .majorant import (
     ConvLSTMCell,
+    CurvatureConfig,
     CurvatureNet,
     CurvatureState,
     SpatialBasis,
@@ -19,7 +19,7 @@ from .majorant import (
     reference_inverse_curvature,
     rms_normalize,
 )
-from .mm import BOUNDS, LearnedMM, MMConfig, SolverHistory, initial_point
+from .mm import BOUNDS, LearnedMM, MMConfig, SolverHistory, split_solver_config
 from .objective import (
     cosine_similarity,
     cost_and_grad,
@@ -29,18 +29,20 @@ from .objective import (
     prior_penalty,
     upper_loss,
 )
-from .prior import ConvAutoencoder, SoftReLU, conv_norm_bound, conv_operator_norm
+from .prior import ConvAutoencoder, PriorConfig, SoftReLU, conv_norm_bound, conv_operator_norm
 from .unrolled import GradientModulator, UnrolledSolver
 
 __all__ = [
     "BOUNDS",
     "ConvAutoencoder",
     "ConvLSTMCell",
+    "CurvatureConfig",
     "CurvatureNet",
     "CurvatureState",
     "GradientModulator",
     "LearnedMM",
     "MMConfig",
+    "PriorConfig",
     "SoftReLU",
     "SolverHistory",
     "SpatialBasis",
@@ -60,11 +62,11 @@ __all__ = [
     "lower_cost",
     "lower_cost_terms",
     "operator_norm_sq",
-    "paper_nu_hi",
     "prior_penalty",
     "project_curvature",
     "reference_inverse_curvature",
     "rms_normalize",
+    "split_solver_config",
     "strongest_blob",
     "upper_loss",
 ]

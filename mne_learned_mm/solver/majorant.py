@@ -198,6 +198,28 @@ class SpatialBasis(nn.Module):
 
 
 @dataclass
+class CurvatureConfig:
+    """Architecture of the curvature net (:class:`CurvatureNet`, kernel 3).
+
+    Attributes
+    ----------
+    hidden : int
+        Hidden channels of each ConvLSTM cell.
+    rank : int | None
+        Size r of the spatial basis in front of the cells (None: the cells
+        see all s source channels).
+    even : bool
+        Make the prediction even in ``(x, g)``; with an odd Φ
+        (:class:`~.prior.PriorConfig`) the MM solve is sign-equivariant. The
+        unrolled baseline makes its gradient modulator odd instead.
+    """
+
+    hidden: int = 32
+    rank: int = 64
+    even: bool = False
+
+
+@dataclass
 class CurvatureState:
     """Recurrent state of the curvature net across MM iterations of one solve.
 

@@ -1,22 +1,33 @@
 """Learned MM solver: ``x ← x − γ p ⊙ ∇u(x)`` with a descent certificate."""
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 from torch import nn
 
 from .bounds import analytic_nu_hi, hessian_power_iteration, hvp_nu_hi, operator_norm_sq
-from .majorant import CurvatureNet, _expand, project_curvature, reference_inverse_curvature
-from .objective import DEFAULT_EPS, batch_dot, cost_and_grad, lower_cost_terms
-from .prior import ConvAutoencoder
+from .init import initial_point
+from .majorant import (
+    CurvatureConfig,
+    CurvatureNet,
+    _expand,
+    project_curvature,
+    reference_inverse_curvature,
+)
+from .objective import batch_dot, cost_and_grad, lower_cost_terms
+from .prior import ConvAutoencoder, PriorConfig
 
 BOUNDS = ("analytic", "hvp", "min", "none", "scaled")
+_HVP_SEED = 1  # seed of the power iteration's start vectors
 
 
 @dataclass
 class MMConfig:
-    """Configuration of :class:`LearnedMM` (and of the unrolled baseline).
+    """The MM iteration of :class:`LearnedMM` (and of the unrolled baseline).
+
+    The networks have their own configurations,
+    :class:`~.prior.PriorConfig` and :class:`~.majorant.CurvatureConfig`.
 
     Attributes
     ----------
@@ -41,45 +52,16 @@ class MMConfig:
         ``p_ref`` (:func:`~.majorant.reference_inverse_curvature`), so it is
         scale-invariant.
     hvp_iters : int
-        Hessian-vector products K per MM iteration for the ``"hvp"`` and
-        ``"min"`` bounds (warm-started from the previous iteration's vector).
+        Hessian-vector products K per MM iteration for the ``"hvp"``,
+        ``"min"`` and ``"scaled"`` bounds (warm-started from the previous
+        iteration's vector).
     max_shrinks : int
-        Halvings of p allowed per iteration when the certificate fails;
-        after that the step is rejected for that sample.
-    cert_rtol : float | None
-        Slack of the certificate, relative to ``1 + |u(x)|``; None means
-        ``16 * finfo(dtype).eps`` (rounding of ``u``).
-    init : str
-        ``"random"``: ``X0 = init_scale · N(0, 1)`` drawn with ``seed``, used
-        when no ``X0`` is given.
-    init_scale : float
-        Scale of the random initial point.
-    seed : int
-        Seed of the random initial point (and of the HVP start vectors).
-    eps : float
-        Smoothing of the cosine norms.
-    prior_hidden, prior_kernel, prior_eps : int, int, float
-        Width, odd temporal kernel and SoftReLU ε of Φ.
-    prior_odd : bool
-        Make Φ odd, ``Φ(−X) = −Φ(X)`` (see
-        :class:`~mne_learned_mm.solver.prior.ConvAutoencoder`), so that the
-        solver has no preferred source polarity.
-    prior_context : bool
-        Let Φ's second layer see the window's mean activation (see
-        :class:`~mne_learned_mm.solver.prior.ConvAutoencoder`).
-    net_even : bool
-        Make the curvature prediction even in ``(x, g)`` (see
-        :class:`~mne_learned_mm.solver.majorant.CurvatureNet`); with
-        ``prior_odd`` the solve is sign-equivariant.
-    net_hidden, net_kernel : int, int
-        Hidden channels and odd temporal kernel of the ConvLSTM cells.
-    net_rank : int | None
-        Size r of the spatial basis in front of the ConvLSTM cells (None:
-        the cells see all s source channels).
+        Halvings of p allowed per iteration when the descent certificate
+        fails; after that the step is rejected for that sample.
     grad_iters : int | None
-        Truncated backpropagation for training: with ``create_graph=True``
-        only the last ``grad_iters`` iterations are differentiated; the
-        earlier ones run without graph (None: all iterations).
+        Truncated backpropagation (``create_graph=True`` only): the last
+        ``grad_iters`` iterations are differentiated, the earlier ones run
+        without graph (None: all iterations).
     """
 
     n_iter: int = 10
@@ -89,20 +71,6 @@ class MMConfig:
     nu_lo: float = 1e-6
     hvp_iters: int = 5
     max_shrinks: int = 8
-    cert_rtol: float = None
-    init: str = "random"
-    init_scale: float = 1e-3
-    seed: int = 0
-    eps: float = DEFAULT_EPS
-    prior_hidden: int = 32
-    prior_kernel: int = 3
-    prior_eps: float = 0.01
-    prior_odd: bool = False
-    prior_context: bool = False
-    net_even: bool = False
-    net_hidden: int = 32
-    net_kernel: int = 3
-    net_rank: int = 64
     grad_iters: int = None
 
     def __post_init__(self):
@@ -110,17 +78,72 @@ class MMConfig:
             raise ValueError(f"gamma must be in (0, 2), got {self.gamma}")
         if self.bound not in BOUNDS:
             raise ValueError(f"bound must be one of {BOUNDS}, got {self.bound!r}")
-        if self.init != "random":
-            raise ValueError(f"init must be 'random', got {self.init!r}")
         if self.n_iter < 0 or self.max_shrinks < 0 or self.hvp_iters < 1:
             raise ValueError("n_iter and max_shrinks must be >= 0 and hvp_iters >= 1")
         if not self.nu_lo > 0:
             raise ValueError(f"nu_lo must be positive, got {self.nu_lo}")
 
 
-def _make_config(config, overrides):
-    config = MMConfig() if config is None else config
-    return replace(config, **overrides) if overrides else config
+#: prefix of a flat solver setting -> the configuration it belongs to
+_PREFIXES = {"prior_": PriorConfig, "net_": CurvatureConfig}
+
+
+def split_solver_config(flat):
+    """Sort flat solver settings into the three configurations.
+
+    A model's ``config.json`` (and :class:`~mne_learned_mm.training.TrainConfig`'s
+    ``solver``) stores them flat: ``prior_<f>`` is field ``f`` of
+    :class:`~.prior.PriorConfig`, ``net_<f>`` of
+    :class:`~.majorant.CurvatureConfig`, any other key a field of
+    :class:`MMConfig`.
+
+    Parameters
+    ----------
+    flat : dict
+        E.g. ``{"n_iter": 10, "bound": "hvp", "prior_hidden": 256, "net_even": True}``.
+
+    Returns
+    -------
+    settings : dict
+        ``{MMConfig: {...}, PriorConfig: {...}, CurvatureConfig: {...}}``,
+        field names without their prefix.
+    """
+    settings = {MMConfig: {}, PriorConfig: {}, CurvatureConfig: {}}
+    unknown = []
+    for key, value in flat.items():
+        prefix = next((p for p in _PREFIXES if key.startswith(p)), "")
+        cls = _PREFIXES.get(prefix, MMConfig)
+        name = key[len(prefix):]
+        if name not in {f.name for f in fields(cls)}:
+            unknown.append(key)
+        settings[cls][name] = value
+    if unknown:
+        known = [f.name for f in fields(MMConfig)] + [
+            p + f.name for p, cls in _PREFIXES.items() for f in fields(cls)]
+        raise ValueError(f"Unknown solver setting(s) {sorted(unknown)}; the solver settings "
+                         f"are {', '.join(known)}")
+    return settings
+
+
+def _build_parts(n_sources, config, prior, net, make_net, overrides):
+    """MM config, Φ and the learned step network of a solver.
+
+    ``prior`` and ``net`` are modules, configurations or None (defaults);
+    ``overrides`` are flat settings (:func:`split_solver_config`) applied
+    to the configurations.
+    """
+    settings = split_solver_config(overrides)
+    config = replace(MMConfig() if config is None else config, **settings[MMConfig])
+    if not isinstance(prior, nn.Module):
+        p = replace(prior or PriorConfig(), **settings[PriorConfig])
+        prior = ConvAutoencoder(n_sources, p.hidden, eps=p.eps, odd=p.odd)
+    elif settings[PriorConfig]:
+        raise ValueError("prior_* settings apply to a PriorConfig, not to a given Φ module")
+    if not isinstance(net, nn.Module):
+        net = make_net(replace(net or CurvatureConfig(), **settings[CurvatureConfig]))
+    elif settings[CurvatureConfig]:
+        raise ValueError("net_* settings apply to a CurvatureConfig, not to a given module")
+    return config, prior, net
 
 
 @dataclass
@@ -173,31 +196,24 @@ class _Recorder:
         return SolverHistory(**out)
 
 
-def initial_point(Y, n_sources, config, X0=None):
-    """Initial iterate of a solve.
+def batched_start(Y, L, X0=None):
+    """``X0`` broadcast over the batch (a copy), or the paper's random start if None.
 
     Parameters
     ----------
     Y : Tensor, shape (n_batch, n_sensors, n_times)
-        Sensor data (gives batch size, dtype and device).
-    n_sources : int
-        Number of sources s.
-    config : MMConfig
-        Uses ``init_scale`` and ``seed`` when ``X0`` is None.
+    L : Tensor, shape (n_sensors, n_sources)
     X0 : Tensor, shape (n_sources, n_times) or (n_batch, n_sources, n_times) | None
-        Given initial point (broadcast over the batch).
+        Given start, e.g. from :func:`~.init.initial_point`.
 
     Returns
     -------
     X0 : Tensor, shape (n_batch, n_sources, n_times)
     """
-    shape = (Y.shape[0], n_sources, Y.shape[-1])
-    if X0 is not None:
-        return torch.as_tensor(X0, dtype=Y.dtype, device=Y.device).expand(shape).clone()
-    gen = torch.Generator().manual_seed(config.seed)
-    dtype = Y.dtype if Y.dtype.is_floating_point else torch.get_default_dtype()
-    X0 = torch.randn(shape, generator=gen, dtype=dtype)
-    return (config.init_scale * X0).to(device=Y.device)
+    if X0 is None:
+        return initial_point(Y, L, "random")
+    shape = (Y.shape[0], L.shape[1], Y.shape[-1])
+    return torch.as_tensor(X0, dtype=Y.dtype, device=Y.device).expand(shape).clone()
 
 
 def _scatter(dst, idx, src):
@@ -225,34 +241,29 @@ class LearnedMM(nn.Module):
     n_sources : int
         Number of sources s.
     config : MMConfig | None
-        Configuration; defaults of :class:`MMConfig` if None.
-    prior : nn.Module | None
-        Autoencoder Φ; a :class:`~.prior.ConvAutoencoder` from the config if
-        None (the analytic bound needs its ``lipschitz_bound`` and
-        ``second_derivative_bound``).
-    curvature : nn.Module | None
-        Curvature net; a :class:`~.majorant.CurvatureNet` from the config if
-        None.
+        The MM iteration; defaults of :class:`MMConfig` if None.
+    prior : nn.Module | PriorConfig | None
+        Autoencoder Φ, or the configuration of a
+        :class:`~.prior.ConvAutoencoder` (defaults if None; the analytic
+        bound needs its ``lipschitz_bound`` and ``second_derivative_bound``).
+    curvature : nn.Module | CurvatureConfig | None
+        Curvature net, or the configuration of a
+        :class:`~.majorant.CurvatureNet` (defaults if None).
     **overrides
-        Fields of :class:`MMConfig` to override.
+        Flat settings (:func:`split_solver_config`), e.g. ``n_iter=3`` or
+        ``prior_hidden=256``, applied to the configurations.
     """
 
     def __init__(self, n_sources, config=None, prior=None, curvature=None, **overrides):
         super().__init__()
-        self.config = cfg = _make_config(config, overrides)
+        self.config, self.prior, self.curvature = _build_parts(
+            n_sources, config, prior, curvature, lambda c: CurvatureNet(
+                n_sources, c.hidden, rank=c.rank, even=c.even), overrides)
         self.n_sources = n_sources
-        if prior is None:
-            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
-                                    cfg.prior_odd, cfg.prior_context)
-        if curvature is None:
-            curvature = CurvatureNet(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
-                                     even=cfg.net_even)
-        self.prior = prior
-        self.curvature = curvature
 
     def _cost_and_grad(self, X, Y, L, create_graph):
         cfg = self.config
-        return cost_and_grad(X, Y, L, self.prior, cfg.lam, cfg.eps, create_graph,
+        return cost_and_grad(X, Y, L, self.prior, cfg.lam, create_graph=create_graph,
                              return_stats=True)
 
     def _upper_bound(self, X, Y, L, g, stats, L_norm_sq, nu_lo, hvp_state):
@@ -260,11 +271,11 @@ class LearnedMM(nn.Module):
         nu_hi = torch.full_like(nu_lo, math.inf)
         if cfg.bound in ("analytic", "min"):
             nu_hi = analytic_nu_hi(X, Y, L, self.prior, cfg.lam, grad=g, gamma=cfg.gamma,
-                                   eps=cfg.eps, L_norm_sq=L_norm_sq, stats=stats)
+                                   L_norm_sq=L_norm_sq, stats=stats)
         if cfg.bound in ("hvp", "min"):
             lam_max, hvp_state["v"], _ = hessian_power_iteration(
                 X, Y, L, self.prior, cfg.lam, cfg.hvp_iters, v0=hvp_state.get("v"),
-                eps=cfg.eps, generator=hvp_state["gen"])
+                generator=hvp_state["gen"])
             nu_hi = torch.minimum(nu_hi, hvp_nu_hi(lam_max, nu_lo))
         return nu_hi
 
@@ -274,7 +285,7 @@ class LearnedMM(nn.Module):
         shape = torch.maximum(p_tilde, _expand(nu_lo, p_tilde))
         lam_max, hvp_state["v"], _ = hessian_power_iteration(
             X, Y, L, self.prior, cfg.lam, cfg.hvp_iters, v0=hvp_state.get("v"),
-            eps=cfg.eps, generator=hvp_state["gen"], precond=shape)
+            generator=hvp_state["gen"], precond=shape)
         scale = hvp_nu_hi(lam_max, torch.ones_like(lam_max))
         return shape * _expand(scale, shape), scale
 
@@ -285,7 +296,7 @@ class LearnedMM(nn.Module):
         only) the indices, cost, gradient and stats at the accepted points.
         """
         cfg = self.config
-        tol_r = cfg.cert_rtol if cfg.cert_rtol is not None else 16 * torch.finfo(u.dtype).eps
+        tol_r = 16 * torch.finfo(u.dtype).eps  # rounding of u
         n_batch = u.shape[0]
         with torch.no_grad():
             X, u, g = X.detach(), u.detach(), g.detach()
@@ -304,7 +315,7 @@ class LearnedMM(nn.Module):
                     Xs, steps, Ys, fs = X[todo], step[todo], Y[todo], factor[todo]
                 trial = torch.addcmul(Xs, _expand(fs, Xs), steps, value=-cfg.gamma)
                 if create_graph:
-                    u_t, stats_t = lower_cost_terms(trial, Ys, L, self.prior, cfg.lam, cfg.eps)
+                    u_t, stats_t = lower_cost_terms(trial, Ys, L, self.prior, cfg.lam)
                 else:
                     u_t, g_t, stats_t = self._cost_and_grad(trial, Ys, L, False)
                 ok = u_t <= rhs0[todo] - fs * decrease[todo]
@@ -331,12 +342,14 @@ class LearnedMM(nn.Module):
         L : Tensor, shape (n_sensors, n_sources)
             Lead field.
         X0 : Tensor, shape (n_sources, n_times) or (n_batch, n_sources, n_times) | None
-            Initial point; ``config.init`` if None.
+            Initial point (e.g. :func:`~.init.initial_point`); the paper's
+            random start if None.
         create_graph : bool
             Training path: keep the graph of every gradient (double backward)
-            so ``X_hat`` is differentiable end to end. Otherwise gradients of
-            ``u`` are computed on detached iterates (inference path, use under
-            ``torch.no_grad``).
+            so ``X_hat`` is differentiable end to end, through the last
+            ``config.grad_iters`` iterations only if set. Otherwise gradients
+            of ``u`` are computed on detached iterates (inference path, use
+            under ``torch.no_grad``).
 
         Returns
         -------
@@ -349,35 +362,41 @@ class LearnedMM(nn.Module):
         if cfg.n_iter == 0 and X0 is not None and X0.dim() == 3:
             X = torch.as_tensor(X0, dtype=Y.dtype, device=Y.device)  # nothing to update: no copy
         else:
-            X = initial_point(Y, self.n_sources, cfg, X0)
+            X = batched_start(Y, L, X0)
         if cfg.n_iter == 0:  # the start alone: no cost is computed (NaN in the history)
             rec = _Recorder()
             rec.add(cost=X.new_full(X.shape[:1], math.nan))
             return X, rec.history(X[:, 0, 0])
         L_norm_sq = operator_norm_sq(L)
-        u, g, stats = self._cost_and_grad(X, Y, L, create_graph)
-        hvp_state = {"gen": torch.Generator().manual_seed(cfg.seed + 1)}
+        free = self._free_iterations(create_graph)
+        u, g, stats = self._cost_and_grad(X, Y, L, create_graph and free == 0)
+        hvp_state = {"gen": torch.Generator().manual_seed(_HVP_SEED)}
         state = None
         rec = _Recorder()
         rec.add(cost=u)
-        n_free = cfg.n_iter - (cfg.n_iter if cfg.grad_iters is None else cfg.grad_iters)
-        graph = create_graph
         for it in range(cfg.n_iter):
-            create_graph = graph and it >= n_free
-            if graph and it == max(n_free, 0) and n_free > 0:
-                # start of the differentiated part: recompute u, g with graph
-                X = X.detach()
-                state = _detach_state(state)
+            differentiate = create_graph and it >= free
+            if differentiate and it == free and free > 0:  # the graph starts here
+                X, state = X.detach(), _detach_state(state)
                 u, g, stats = self._cost_and_grad(X, Y, L, True)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and (create_graph or not graph)):
+            # the free iterations of the training path run without autograd
+            with torch.set_grad_enabled(torch.is_grad_enabled()
+                                        and (differentiate or not create_graph)):
                 X, u, g, stats, state = self._iterate(X, Y, L, u, g, stats, state, L_norm_sq,
-                                                      hvp_state, rec, create_graph)
+                                                      hvp_state, rec, differentiate)
         return X, rec.history(u)
+
+    def _free_iterations(self, create_graph):
+        """Iterations run without graph before the differentiated ones (``grad_iters``)."""
+        cfg = self.config
+        if not create_graph or cfg.grad_iters is None:
+            return 0
+        return max(cfg.n_iter - cfg.grad_iters, 0)
 
     def _iterate(self, X, Y, L, u, g, stats, state, L_norm_sq, hvp_state, rec, create_graph):
         """One MM iteration with its certificate; returns the updated solver state."""
         cfg = self.config
-        p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, cfg.eps, stats)
+        p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, stats=stats)
         p_tilde, state = self.curvature(X, g, p_ref, state)
         nu_lo = cfg.nu_lo * p_ref
         if cfg.bound == "scaled":

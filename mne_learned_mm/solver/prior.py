@@ -1,6 +1,7 @@
 """Autoencoder prior Φ of the lower-level cost (paper App. B)."""
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -170,6 +171,26 @@ def _weight_key(weight):
     return (w.data_ptr(), weight._version, w.dtype, w.device, tuple(checksum.tolist()))
 
 
+@dataclass
+class PriorConfig:
+    """Architecture of the autoencoder Φ (:class:`ConvAutoencoder`, kernel 3).
+
+    Attributes
+    ----------
+    hidden : int
+        Width of the two hidden layers.
+    eps : float
+        Smoothing ε of the SoftReLU.
+    odd : bool
+        Make Φ odd, ``Φ(−X) = −Φ(X)``, so that the solver has no preferred
+        source polarity.
+    """
+
+    hidden: int = 32
+    eps: float = 0.01
+    odd: bool = False
+
+
 class ConvAutoencoder(nn.Module):
     """Autoencoder Φ = Conv1d → SoftReLU → Conv1d → SoftReLU → Conv1d.
 
@@ -186,16 +207,6 @@ class ConvAutoencoder(nn.Module):
     ``D²Φ(x) = (D²f(x) − D²f(−x)) / 2`` are averages of two quantities
     with the same bounds.
 
-    With ``context=True`` the second layer also sees the time average of the
-    first layer's activations, ``z2 = W2 * a1 + Wc P a1`` with ``P`` the
-    temporal mean broadcast back over time and ``Wc`` a learned
-    ``hidden × hidden`` matrix (zero at construction, so Φ starts as the
-    plain network). Every output time then depends on the whole window,
-    which tells Φ which sources are active over the window and not only in
-    the three samples its kernels see. ``P`` is an orthogonal projection,
-    so ``a1 ↦ W2 * a1 + Wc P a1`` has norm ``≤ ||W2|| + ||Wc||`` and
-    induced ℓ1 norm ``≤ ||W2||₁ + ||Wc||₁``; the bounds below use these.
-
     Parameters
     ----------
     n_sources : int
@@ -208,12 +219,9 @@ class ConvAutoencoder(nn.Module):
         Smoothing ε of the SoftReLU.
     odd : bool
         Use the odd part of the network (see above).
-    context : bool
-        Feed the window's mean activation to the second layer (see above).
     """
 
-    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01, odd=False,
-                 context=False):
+    def __init__(self, n_sources, hidden=32, kernel_size=3, eps=0.01, odd=False):
         super().__init__()
         self.odd = bool(odd)
         _check_kernel_size(kernel_size)
@@ -221,10 +229,6 @@ class ConvAutoencoder(nn.Module):
         self.conv1 = nn.Conv1d(n_sources, hidden, kernel_size, padding=pad)
         self.conv2 = nn.Conv1d(hidden, hidden, kernel_size, padding=pad)
         self.conv3 = nn.Conv1d(hidden, n_sources, kernel_size, padding=pad)
-        self.context = None
-        if context:
-            self.context = nn.Conv1d(hidden, hidden, 1, bias=False)
-            nn.init.zeros_(self.context.weight)
         self.act = SoftReLU(eps)
         self._norm_cache = {}
 
@@ -255,74 +259,27 @@ class ConvAutoencoder(nn.Module):
         return 0.5 * (both[:len(X)] - both[len(X):])
 
     def _network(self, X):
-        a1 = self.act(self.conv1(X))
-        z2 = self.conv2(a1)
-        if self.context is not None:
-            z2 = z2 + self.context(a1.mean(dim=-1, keepdim=True))  # Wc P a1
-        return self.conv3(self.act(z2))
+        return self.conv3(self.act(self.conv2(self.act(self.conv1(X)))))
 
     def extra_repr(self):
         return "odd=True" if self.odd else ""
 
     def second_layer_l1_norm(self):
-        """Induced ℓ1 norm bound of the second layer ``a1 ↦ W2 * a1 (+ Wc P a1)``.
+        """Induced ℓ1 norm bound ``||W2||₁`` of the second layer.
 
         Returns
         -------
         norm : float
-            ``||W2||₁ (+ ||Wc||₁)``: the largest sum of absolute weights into
-            one input channel, taps summed (``||P||₁ = 1``).
+            The largest sum of absolute weights into one input channel, taps
+            summed.
         """
-        norm = _l1_norm(self.conv2.weight)
-        if self.context is not None:
-            norm += _l1_norm(self.context.weight)
-        return norm
-
-    @torch.no_grad()
-    def load_narrower_state_dict(self, state_dict):
-        """Load the weights of a narrower Φ so that this one computes the same function.
-
-        The narrower network's ``h`` hidden units become the first ``h`` of
-        each hidden layer; the extra units keep their initial input weights,
-        feed nothing into the old units, and have zero output weights, so
-        ``Φ`` is unchanged until training gives them a role (growing a
-        trained Φ instead of training a wide one from scratch).
-
-        Parameters
-        ----------
-        state_dict : dict of str -> Tensor
-            Weights of a :class:`ConvAutoencoder` with the same number of
-            sources and kernel size and a hidden width ``h`` ≤ this one's.
-        """
-        old = state_dict["conv1.weight"].shape
-        new = self.conv1.weight.shape
-        if old[1:] != new[1:] or old[0] > new[0]:
-            raise ValueError(f"Cannot grow a prior with conv1 weights of shape {tuple(old)} "
-                             f"into one of shape {tuple(new)}: sources and kernel size must "
-                             "match and the width may only grow")
-        h = old[0]
-        self.conv1.weight[:h] = state_dict["conv1.weight"]
-        self.conv1.bias[:h] = state_dict["conv1.bias"]
-        self.conv2.weight[:h, :h] = state_dict["conv2.weight"]
-        self.conv2.weight[:h, h:] = 0.0  # the old units do not see the new ones
-        self.conv2.bias[:h] = state_dict["conv2.bias"]
-        self.conv3.weight[:, :h] = state_dict["conv3.weight"]
-        self.conv3.weight[:, h:] = 0.0  # the new units start silent
-        self.conv3.bias[:] = state_dict["conv3.bias"]
-        if self.context is not None:
-            self.context.weight.zero_()
-            if "context.weight" in state_dict:
-                self.context.weight[:h, :h] = state_dict["context.weight"]
-        elif "context.weight" in state_dict:
-            raise ValueError("Cannot load a prior with a context layer into one without")
+        return _l1_norm(self.conv2.weight)
 
     def layer_norms(self, differentiable=False):
         """Certified bounds on the operator norms of the three convolutions.
 
         :func:`conv_norm_bound` for each layer: valid for every sequence
-        length; cached per weight tensor, version and checksum. With a
-        context layer the second norm bounds the whole second layer,
-        ``||W2|| + ||Wc||``.
+        length; cached per weight tensor, version and checksum.
 
         Parameters
         ----------
@@ -335,8 +292,7 @@ class ConvAutoencoder(nn.Module):
             ``(||W1||, ||W2||, ||W3||)``.
         """
         norms = []
-        convs = self.convs if self.context is None else (*self.convs, self.context)
-        for i, conv in enumerate(convs):
+        for i, conv in enumerate(self.convs):
             w = conv.weight
             key = _weight_key(w)
             entry = self._norm_cache.get(i)
@@ -346,8 +302,6 @@ class ConvAutoencoder(nn.Module):
                 norms.append(conv_norm_bound(w, differentiable=True, omega_index=entry[2])[0])
             else:
                 norms.append(entry[1])
-        if self.context is not None:  # ||W2 * · + Wc P ·|| ≤ ||W2|| + ||Wc|| (||P|| = 1)
-            norms[1] = norms[1] + norms.pop()
         return tuple(norms)
 
     def lipschitz_bound(self, differentiable=False):

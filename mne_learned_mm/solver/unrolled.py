@@ -19,9 +19,8 @@ from .majorant import (
     reference_inverse_curvature,
     rms_normalize,
 )
-from .mm import _make_config, _Recorder, initial_point
+from .mm import _build_parts, _Recorder, batched_start
 from .objective import cost_and_grad, safe_norm
-from .prior import ConvAutoencoder
 
 
 class GradientModulator(nn.Module):
@@ -46,7 +45,7 @@ class GradientModulator(nn.Module):
         Make ``G`` odd, ``G(−g) = −G(g)``, by averaging ``G(g)`` and
         ``−G(−g)`` (the second pass keeps its own recurrent state). With an
         odd prior Φ the gradient is odd in ``X`` and the whole unrolled solve
-        is sign-equivariant, as the MM solver with ``net_even``.
+        is sign-equivariant, as the MM solver with an even curvature net.
     """
 
     def __init__(self, n_sources, hidden=32, kernel_size=3, rank=64, basis=None, odd=False):
@@ -93,29 +92,23 @@ class UnrolledSolver(nn.Module):
     n_sources : int
         Number of sources s.
     config : MMConfig | None
-        Uses ``n_iter``, ``lam``, ``eps``, the initial point and the network
-        fields (``prior_*``, ``net_*``; ``net_even`` makes the modulator odd);
-        the bound/certificate fields are ignored.
-    prior : nn.Module | None
-        Autoencoder Φ; built from the config if None.
-    modulator : nn.Module | None
-        Gradient modulator G; a :class:`GradientModulator` if None.
+        Uses ``n_iter`` and ``lam``; the bound and certificate fields are
+        ignored.
+    prior : nn.Module | PriorConfig | None
+        Autoencoder Φ, or its configuration (see :class:`~.mm.LearnedMM`).
+    modulator : nn.Module | CurvatureConfig | None
+        Gradient modulator G, or the configuration of a
+        :class:`GradientModulator` (``even`` makes it odd).
     **overrides
-        Fields of :class:`~.mm.MMConfig` to override.
+        Flat settings (:func:`~.mm.split_solver_config`).
     """
 
     def __init__(self, n_sources, config=None, prior=None, modulator=None, **overrides):
         super().__init__()
-        self.config = cfg = _make_config(config, overrides)
+        self.config, self.prior, self.modulator = _build_parts(
+            n_sources, config, prior, modulator, lambda c: GradientModulator(
+                n_sources, c.hidden, rank=c.rank, odd=c.even), overrides)
         self.n_sources = n_sources
-        if prior is None:
-            prior = ConvAutoencoder(n_sources, cfg.prior_hidden, cfg.prior_kernel, cfg.prior_eps,
-                                    cfg.prior_odd, cfg.prior_context)
-        if modulator is None:
-            modulator = GradientModulator(n_sources, cfg.net_hidden, cfg.net_kernel, cfg.net_rank,
-                                          odd=cfg.net_even)
-        self.prior = prior
-        self.modulator = modulator
 
     def forward(self, Y, L, X0=None, *, create_graph=False):
         """Run ``n_iter`` modulated gradient steps.
@@ -135,20 +128,20 @@ class UnrolledSolver(nn.Module):
             ``cost`` per iterate; no shrinks, no rejections, ``nu_hi`` NaN.
         """
         cfg = self.config
-        X = initial_point(Y, self.n_sources, cfg, X0)
+        X = batched_start(Y, L, X0)
         L_norm_sq = operator_norm_sq(L)
-        u, g, stats = cost_and_grad(X, Y, L, self.prior, cfg.lam, cfg.eps, create_graph,
+        u, g, stats = cost_and_grad(X, Y, L, self.prior, cfg.lam, create_graph=create_graph,
                                     return_stats=True)
         rec = _Recorder()
         rec.add(cost=u)
         state = None
         zeros = torch.zeros_like(u.detach())
         for _ in range(cfg.n_iter):
-            p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, cfg.eps, stats)
+            p_ref = reference_inverse_curvature(X, L, cfg.lam, L_norm_sq, stats=stats)
             update, state = self.modulator(g, p_ref, state)
             X = X - update
-            u, g, stats = cost_and_grad(X, Y, L, self.prior, cfg.lam, cfg.eps, create_graph,
-                                        return_stats=True)
+            u, g, stats = cost_and_grad(X, Y, L, self.prior, cfg.lam,
+                                        create_graph=create_graph, return_stats=True)
             rec.add(cost=u, n_shrinks=zeros, rejected=zeros, frac_hi=zeros, frac_lo=zeros,
                     nu_hi=torch.full_like(zeros, math.nan))
         return X, rec.history(u)
