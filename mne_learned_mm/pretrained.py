@@ -183,7 +183,9 @@ def build_solver(kind, solver_kwargs, n_sources):
     kind : "mm" | "4dvarnet"
         Learned MM solver or the unrolled 4DVarNet baseline.
     solver_kwargs : dict
-        Fields of the solver configuration.
+        Flat solver settings, as a model's ``config.json`` stores them (see
+        :func:`~mne_learned_mm.solver.mm.split_solver_config`); an unknown
+        key is an error.
     n_sources : int
         Number of sources.
 
@@ -211,25 +213,21 @@ class SolverPipeline:
     module : torch.nn.Module
         The solver (``forward(Y, L, X0=None) -> (X, history)``).
     init : "random" | "tikhonov" | "prior" | "amortized"
-        Starting point, as trained; ``"amortized"`` is the start network
-        (:func:`~mne_learned_mm.solver.start.amortized_start`).
+        Starting point, as trained (see
+        :func:`~mne_learned_mm.solver.init.initial_point`, which training
+        uses too).
     init_reg : float
         Regularisation of the Tikhonov start.
-    init_operator : "tikhonov" | "sloreta"
-        Linear image of the start, as trained (see
-        :func:`~mne_learned_mm.solver.init.tikhonov_operator`).
     start_network : mne_learned_mm.solver.start.StartNetwork | None
         Needed for ``init="amortized"``.
     """
 
-    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0, init_operator="tikhonov",
-                 start_network=None):
+    def __init__(self, module, init="tikhonov", init_reg=1.0 / 9.0, start_network=None):
         if init == "amortized" and start_network is None:
             raise ValueError('init="amortized" needs the start network')
         self.module = module
         self.init = init
         self.init_reg = init_reg
-        self.init_operator = init_operator
         self.start_network = start_network
 
     def solve(self, Y, L, neighbours=None, keep_fraction=0.05):
@@ -279,16 +277,11 @@ class SolverPipeline:
         -------
         X0 : Tensor, shape (n_batch, n_sources, n_times)
         """
-        from .solver.init import _unit, initial_point, tikhonov_operator
+        from .solver.init import initial_point
 
-        if self.init == "amortized":
-            from .solver.start import amortized_start
-
-            return _unit(amortized_start(Y, L, self.start_network, K=self._operator(L)))
-        K = None
-        if self.init != "random":
-            K = tikhonov_operator(L, self.init_reg, self.init_operator)
-        return initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior)
+        K = None if self.init == "random" else self._operator(L)
+        return initial_point(Y, L, self.init, K=K, reg=self.init_reg, prior=self.module.prior,
+                             network=self.start_network)
 
     def _normalised_leadfield(self, L):
         """``L`` at unit spectral norm, kept for the next batch with the same ``L``."""
@@ -297,11 +290,16 @@ class SolverPipeline:
         return self._cached("_leadfield", L, unit_spectral)
 
     def _operator(self, L):
-        """The start network's sLORETA operator of ``L``, kept for the next batch."""
+        """The start's linear operator of ``L``, kept for the next batch: the sLORETA
+        operator of the start network, or the Tikhonov operator of ``init_reg``."""
         from .solver.init import tikhonov_operator
 
-        reg = self.start_network.config.reg
-        return self._cached("_K", L, lambda L_: tikhonov_operator(L_, reg, "sloreta"))
+        if self.init == "amortized":
+            reg, operator = self.start_network.config.reg, "sloreta"
+        else:
+            reg, operator = self.init_reg, "tikhonov"
+        return self._cached(f"_K_{operator}_{reg!r}", L,
+                            lambda L_: tikhonov_operator(L_, reg, operator))
 
     def _cached(self, name, L, compute):
         """``compute(L)``, recomputed only when ``L`` differs from the last call's."""
@@ -345,6 +343,9 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     for key in ("kind", "solver", "n_sources", "vertices", "sfreq"):
         if key not in config:
             raise ValueError(f"Model configuration lacks {key!r}: not a mne_learned_mm model")
+    if config.get("init_operator", "tikhonov") != "tikhonov":  # models of an old experiment
+        raise ValueError(f"init_operator={config['init_operator']!r} is no longer supported: "
+                         "the MM start is Φ(K Y) with the Tikhonov operator K")
     solver_kwargs = dict(config["solver"])
     if n_iter is not None:
         solver_kwargs["n_iter"] = int(n_iter)
@@ -365,8 +366,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     if start_network is not None:
         start_network.eval().to(device)
     return SolverPipeline(module, config.get("init", "tikhonov"),
-                          config.get("init_reg", 1.0 / 9.0),
-                          config.get("init_operator", "tikhonov"), start_network), config
+                          config.get("init_reg", 1.0 / 9.0), start_network), config
 
 
 def _build_start(config, state, max_rank=None):

@@ -1,15 +1,13 @@
-"""Starting points: the Tikhonov operator, one per sample for dropped channels."""
+"""Starting points: the Tikhonov operator, the one start function, deflation."""
 
 import numpy as np
 import pytest
 import torch
 
-from mne_learned_mm.simulation.noise import apply_channel_mask
+from mne_learned_mm.solver import LearnedMM
 from mne_learned_mm.solver.init import (
     deflation_start,
     initial_point,
-    kept_channels,
-    masked_leadfield,
     strongest_blob,
     tikhonov_operator,
 )
@@ -36,28 +34,29 @@ def test_tikhonov_operator_closed_form_and_batched():
     np.testing.assert_allclose(batched[1].numpy(), expected / 2, rtol=1e-10)  # scale free
 
 
-def test_start_on_each_samples_kept_channels():
+def test_initial_point_kinds():
     L, Y = _problem()
-    mask = np.ones((3, 12), bool)
-    mask[1, [2, 5, 7]] = False
-    mask[2, :6] = False
-    Ym = torch.stack([torch.as_tensor(apply_channel_mask(Y[b].numpy(), mask[b]))
-                      for b in range(3)])
-    keep = kept_channels(Ym)
-    np.testing.assert_array_equal(keep.numpy(), mask)
-    L_b = masked_leadfield(L, keep)
-    assert not L_b[2, :6].any()
-    X0 = initial_point(Ym, L, K=tikhonov_operator(L_b))
-    # all channels kept: the shared operator
-    torch.testing.assert_close(X0[:1], initial_point(Ym[:1], L, K=tikhonov_operator(L)))
-    # channels dropped: the same as a forward of the kept channels only, re-referenced
-    for b in (1, 2):
-        L_kept = L[mask[b]] - L[mask[b]].mean(0)
-        expected = initial_point(Ym[b:b + 1, mask[b]], L_kept, K=tikhonov_operator(L_kept))
-        torch.testing.assert_close(X0[b:b + 1], expected)
-    # the shared operator on dropped-channel data is a different (wrong) start
-    shared = initial_point(Ym, L, K=tikhonov_operator(L))
-    assert not torch.allclose(shared[2], X0[2], atol=1e-3)
+    K = tikhonov_operator(L)
+    X0 = initial_point(Y, L, "tikhonov")
+    torch.testing.assert_close(X0, initial_point(Y, L, K=K))  # the operator is the default
+    KY = torch.einsum("sn,bnt->bst", K, Y)
+    torch.testing.assert_close(X0, KY / KY.flatten(1).norm(dim=1)[:, None, None])
+    prior = torch.nn.Conv1d(30, 30, 1).double()
+    P = prior(X0)
+    torch.testing.assert_close(initial_point(Y, L, "prior", prior=prior),
+                               P / P.flatten(1).norm(dim=1)[:, None, None])
+    # the paper's start: 1e-3 N(0, 1) from the seed, what the solver starts from without X0
+    Xr = initial_point(Y, L, "random", seed=4)
+    gen = torch.Generator().manual_seed(4)
+    torch.testing.assert_close(Xr, 1e-3 * torch.randn(3, 30, 5, generator=gen,
+                                                      dtype=torch.float64), rtol=0, atol=0)
+    solver = LearnedMM(30, n_iter=0, prior_hidden=4, net_hidden=2, net_rank=2).double()
+    assert torch.equal(solver(Y, L)[0], initial_point(Y, L, "random"))
+    for kind, needs in (("prior", "prior="), ("amortized", "network=")):
+        with pytest.raises(ValueError, match=needs):
+            initial_point(Y, L, kind)
+    with pytest.raises(ValueError, match="init must be one of"):
+        initial_point(Y, L, "zeros")
 
 
 def test_sloreta_operator_standardises_and_locates_single_sources():

@@ -5,13 +5,15 @@ The paper starts from ``X0 = 1e-3 N(0, 1)``. A regularised minimum-norm
 further. ``"prior"`` goes one step further: the learned autoencoder Φ,
 trained as a denoiser of Tikhonov solutions, maps ``K Y`` to a warm start
 ``Φ(K Y)``; the MM iterations then decrease ``u`` from there.
-:func:`deflation_start` builds a start for a second solve from a first
-solution, for data with several sources of unequal strength.
+``"amortized"`` is the start network of :mod:`~.start`.
+:func:`initial_point` builds every one of them, for training and for
+inference. :func:`deflation_start` builds a start for a second solve from a
+first solution, for data with several sources of unequal strength.
 """
 
 import torch
 
-INITS = ("random", "tikhonov", "prior")
+INITS = ("random", "tikhonov", "prior", "amortized")
 #: linear images that start the solve (or feed Φ): minimum norm or sLORETA
 OPERATORS = ("tikhonov", "sloreta")
 
@@ -21,7 +23,7 @@ def tikhonov_operator(L, reg=1.0 / 9.0, operator="tikhonov"):
 
     ``λ = reg · tr(L Lᵀ) / n`` so that ``reg`` is scale free (1/9 is MNE's
     ``lambda2`` for an SNR of 3); ``n`` counts the non-zero rows of ``L``
-    (zero rows are dropped channels, see :func:`masked_leadfield`).
+    (zero rows are dropped channels).
 
     ``operator="sloreta"`` divides each row ``i`` of ``K`` by
     ``sqrt((K L)ᵢᵢ)``: with white noise of variance ``λ`` that is the standard
@@ -55,73 +57,51 @@ def tikhonov_operator(L, reg=1.0 / 9.0, operator="tikhonov"):
     return K
 
 
-def masked_leadfield(L, keep):
-    """Leadfield of each sample's kept channels, average-referenced over them.
-
-    Rows of dropped channels are zero, like the data of
-    :func:`~mne_learned_mm.simulation.noise.apply_channel_mask`.
-
-    Parameters
-    ----------
-    L : Tensor, shape (n_sensors, n_sources)
-        Average-referenced leadfield of all channels.
-    keep : Tensor of bool, shape (n_batch, n_sensors)
-
-    Returns
-    -------
-    L_b : Tensor, shape (n_batch, n_sensors, n_sources)
-    """
-    w = keep.to(L.dtype)[..., None]
-    mean = (L[None] * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1)
-    return (L[None] - mean) * w
-
-
-def kept_channels(Y):
-    """Channels with any non-zero sample: False where a channel was dropped (zeroed).
-
-    Parameters
-    ----------
-    Y : Tensor, shape (n_batch, n_sensors, n_times)
-
-    Returns
-    -------
-    keep : Tensor of bool, shape (n_batch, n_sensors)
-    """
-    return Y.abs().amax(-1) > 0
-
-
-def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, scale=1e-3,
-                  prior=None):
-    """Initial source estimate ``X0``.
+def initial_point(Y, L, kind="tikhonov", *, K=None, reg=1.0 / 9.0, seed=0, prior=None,
+                  network=None):
+    """Initial source estimate ``X0``: the one start of training and inference.
 
     Parameters
     ----------
     Y : Tensor, shape (n_batch, n_sensors, n_times)
     L : Tensor, shape (n_sensors, n_sources)
-    kind : "random" | "tikhonov"
-        ``"random"``: ``scale · N(0, 1)`` from ``seed`` (the paper's start).
+    kind : "random" | "tikhonov" | "prior" | "amortized"
+        ``"random"``: ``1e-3 · N(0, 1)`` from ``seed`` (the paper's start).
         ``"tikhonov"``: ``K Y`` normalised to unit norm per sample.
         ``"prior"``: ``Φ(K Y / ‖K Y‖)`` normalised to unit norm per sample.
-    K : Tensor, shape (n_sources, n_sensors) | (n_batch, n_sources, n_sensors) | None
-        Precomputed :func:`tikhonov_operator` (one per sample for the
-        ``"tikhonov"`` and ``"prior"`` starts of samples with their own channels).
+        ``"amortized"``: :func:`~.start.amortized_start` with ``network``,
+        normalised to unit norm per sample.
+    K : Tensor, shape (n_sources, n_sensors) | None
+        Precomputed linear operator: :func:`tikhonov_operator` of ``L`` with
+        ``reg`` (``"tikhonov"``, ``"prior"``), or its sLORETA form with the
+        network's ``reg`` (``"amortized"``); computed if None.
+    reg : float
+        Regularisation of the Tikhonov operator.
+    seed : int
+        Seed of the random start.
     prior : callable | None
         The autoencoder Φ, needed for ``"prior"``.
+    network : mne_learned_mm.solver.start.StartNetwork | None
+        The start network, needed for ``"amortized"``.
 
     Returns
     -------
     X0 : Tensor, shape (n_batch, n_sources, n_times)
     """
-    B, _, T = Y.shape
-    S = L.shape[1]
-    if kind == "random":
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        X0 = torch.randn(B, S, T, generator=gen, dtype=Y.dtype)
-        return (scale * X0).to(Y.device)
     if kind not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {kind!r}")
+    if kind == "random":
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        X0 = torch.randn(Y.shape[0], L.shape[1], Y.shape[-1], generator=gen, dtype=Y.dtype)
+        return (1e-3 * X0).to(Y.device)
+    if kind == "amortized":
+        from .start import amortized_start
+
+        if network is None:
+            raise ValueError('init="amortized" needs the start network (network=...)')
+        return unit_frobenius(amortized_start(Y, L, network, K=K))
     K = tikhonov_operator(L, reg) if K is None else K
-    X0 = unit_frobenius(torch.einsum("sn,bnt->bst" if K.dim() == 2 else "bsn,bnt->bst", K, Y))
+    X0 = unit_frobenius(torch.einsum("sn,bnt->bst", K, Y))
     if kind == "prior":
         if prior is None:
             raise ValueError('init="prior" needs the autoencoder Φ (prior=...)')
@@ -156,9 +136,6 @@ def unit_frobenius(Y):
     """
     norm = Y.flatten(1).norm(dim=1).clamp_min(torch.finfo(Y.dtype).tiny)
     return Y / norm.view(-1, *([1] * (Y.dim() - 1)))
-
-
-_unit = unit_frobenius  # the name pretrained.py imports
 
 
 def unit_spectral(L):
