@@ -11,10 +11,7 @@ import torch
 
 from mne_learned_mm import LearnedMMInverse
 from mne_learned_mm.pretrained import load_model, load_state
-from mne_learned_mm.solver import ConvAutoencoder
-from mne_learned_mm.solver.objective import time_course_mismatch
 from mne_learned_mm.training import TrainConfig, train
-from mne_learned_mm.training.loop import _batch, _datasets, _load_forward, prior_loss
 
 TINY_SOLVER = {"n_iter": 2, "prior_hidden": 8, "net_hidden": 4, "net_rank": 8,
                "bound": "hvp", "hvp_iters": 1}
@@ -46,7 +43,7 @@ def _assert_same(a, b):
 
 
 def test_tiny_training_model_is_usable(small_fwd_fname, fwd_small, tmp_path):
-    out = train(_cfg(small_fwd_fname, tmp_path / "m", pretrain_phi_steps=2, init="prior"))
+    out = train(_cfg(small_fwd_fname, tmp_path / "m", init="prior"))
     history = json.loads((out / "history.json").read_text())
     assert len(history) == 2 and {"LE", "AUC", "val_loss", "train_loss"} <= set(history[0])
     config = json.loads((out / "config.json").read_text())
@@ -79,54 +76,6 @@ def test_resume_continues_exactly(small_fwd_fname, tmp_path):
     assert any(not torch.equal(first[k], resumed[k]) for k in first)
 
 
-def test_prior_loss_time_term():
-    torch.manual_seed(0)
-    prior = ConvAutoencoder(10, 4, 3, 0.1).double()
-    X, X0 = torch.randn(2, 2, 10, 6, dtype=torch.float64)
-    X[:, 5:] = 0  # silent sources
-    extra = time_course_mismatch(X, prior(X0)).mean()
-    assert extra > 0
-    expected = prior_loss(prior, X, X0) + 0.5 * extra
-    torch.testing.assert_close(prior_loss(prior, X, X0, 0.5), expected)
-
-
-@pytest.mark.parametrize("stage", ["prior", "bilevel"])
-def test_time_weight_changes_the_loss(small_fwd_fname, tmp_path, stage):
-    plain = train(_cfg(small_fwd_fname, tmp_path / "plain", epochs=1, stage=stage))
-    timed = train(_cfg(small_fwd_fname, tmp_path / "timed", epochs=1, stage=stage,
-                       time_weight=1.0))
-    loss = [json.loads((out / "history.json").read_text())[0]["train_loss"]
-            for out in (plain, timed)]
-    assert loss[1] > loss[0]  # same data and start, plus a non-negative term
-    assert json.loads((timed / "config.json").read_text())["train"]["time_weight"] == 1.0
-
-
-def test_patch_zones_and_patch_weight(small_fwd_fname, tmp_path):
-    from mne_learned_mm.evaluation.metrics import seed_zone
-
-    cfg = _cfg(small_fwd_fname, tmp_path / "zones", epochs=1, stage="prior", patch_weight=1.0)
-    fwd = _load_forward(cfg)
-    train_sets, _ = _datasets(cfg, fwd)
-    Y, X, zones = _batch(train_sets, range(4), zones=True)
-    assert _batch(train_sets, range(4))[2] is None
-    adjacency = train_sets[0].geometry.adjacency
-    for b in range(4):
-        item = train_sets[0][b]
-        assert zones[b].any(-1).sum() == len(item["seeds"])
-        for k, seed in enumerate(item["seeds"]):
-            assert torch.equal(torch.nonzero(zones[b, k])[:, 0],
-                               torch.as_tensor(seed_zone(adjacency, int(seed), item["patches"])))
-            assert X[b][zones[b, k]].abs().sum() > 0  # the patch is inside its zone
-    for stage in ("prior", "bilevel"):
-        plain = train(_cfg(small_fwd_fname, tmp_path / f"plain_{stage}", epochs=1, stage=stage))
-        out = train(_cfg(small_fwd_fname, tmp_path / f"patch_{stage}", epochs=1, stage=stage,
-                         patch_weight=1.0))
-        loss = [json.loads((o / "history.json").read_text())[0]["train_loss"]
-                for o in (plain, out)]
-        assert loss[1] > loss[0]  # same data and start, plus a non-negative term
-        assert json.loads((out / "config.json").read_text())["train"]["patch_weight"] == 1.0
-
-
 def test_random_sign_and_odd_prior(small_fwd_fname, tmp_path):
     from mne_learned_mm.training.loop import _simulation_config
 
@@ -141,102 +90,29 @@ def test_random_sign_and_odd_prior(small_fwd_fname, tmp_path):
     assert load_model(out)[0].module.prior.odd
 
 
-def test_patch_order_reaches_every_training_kind(small_fwd_fname):
-    from mne_learned_mm.training.__main__ import _parser
-
-    fwd = _load_forward(TrainConfig(fwd=small_fwd_fname))
-    cfg = TrainConfig(fwd=small_fwd_fname, data="sereega+evoked", n_train=12, n_val=2,
-                      patch_order=(0, 0))
-    train_sets, val = _datasets(cfg, fwd)
-    for ds in train_sets:  # single dipoles in both kinds, sereega and evoked
-        assert ds.config.order == (0, 0)
-        assert all(len(p) == 1 for i in range(len(ds)) for p in ds[i]["patches"])
-    assert val.config.order == (1, 5)  # validation keeps the benchmark protocol
-    default = _datasets(TrainConfig(fwd=small_fwd_fname, n_train=4, n_val=2), fwd)[0][0]
-    assert any(len(p) > 1 for i in range(len(default)) for p in default[i]["patches"])
-    args = _parser().parse_args(["--patch-order", "[0, 5]"])
-    assert TrainConfig.from_dict(json.loads(json.dumps({"patch_order": args.patch_order})))\
-        .patch_order == (0, 5)
-
-
-def test_channel_dropout_prior_stage(small_fwd_fname, tmp_path, monkeypatch):
-    from mne_learned_mm.training import loop
-
-    calls = []
-    masked = loop.masked_leadfield
-    monkeypatch.setattr(loop, "masked_leadfield", lambda L, keep: calls.append(keep) or
-                        masked(L, keep))
-    fwd = _load_forward(TrainConfig(fwd=small_fwd_fname))
-    cfg = _cfg(small_fwd_fname, tmp_path / "drop", epochs=1, stage="prior",
-               channel_dropout=(0.2, 0.5))
-    train_sets = _datasets(cfg, fwd)[0]
-    assert train_sets[0].channel_dropout == (0.2, 0.5)
-    assert not all(train_sets[0][i]["mask"].all() for i in range(4))
-    out = train(cfg)
-    assert calls and not all(k.all() for k in calls)  # starts on each sample's own channels
-    assert json.loads((out / "config.json").read_text())["train"]["channel_dropout"] == [0.2, 0.5]
-    with pytest.raises(ValueError, match="prior stage"):
-        train(_cfg(small_fwd_fname, tmp_path / "bad", channel_dropout=0.3))
-
-
-def test_init_from_a_narrower_prior_grows_it(small_fwd_fname, tmp_path):
+def test_init_from_starts_from_the_weights(small_fwd_fname, tmp_path):
     from mne_learned_mm.pretrained import build_solver
     from mne_learned_mm.training.loop import _load_init
 
-    small = train(_cfg(small_fwd_fname, tmp_path / "small", epochs=1))
-    solver = dict(TINY_SOLVER, prior_hidden=2 * TINY_SOLVER["prior_hidden"])
-    n_sources = json.loads((small / "config.json").read_text())["n_sources"]
-    module = build_solver("mm", solver, n_sources)
-    _load_init(module, small)
-    ref = load_model(small)[0].module
-    X = torch.randn(2, n_sources, 9)
-    torch.testing.assert_close(module.prior(X), ref.prior(X), rtol=0, atol=1e-5)
-    ref_state = ref.state_dict()
-    for k, v in module.state_dict().items():
-        if k.startswith("curvature."):
-            assert torch.equal(v, ref_state[k]), k
-    out = train(_cfg(small_fwd_fname, tmp_path / "grown", epochs=1, stage="prior",
-                     init_from=str(small), solver=solver))
-    grown = _weights(out)["prior.conv3.weight"]
-    assert grown.shape[1] == solver["prior_hidden"]
-    assert grown[:, TINY_SOLVER["prior_hidden"]:].abs().sum() > 0  # the new units trained
+    first = train(_cfg(small_fwd_fname, tmp_path / "first", epochs=1, stage="prior"))
+    n_sources = json.loads((first / "config.json").read_text())["n_sources"]
+    module = build_solver("mm", TINY_SOLVER, n_sources)
+    _load_init(module, first)
+    _assert_same(module.state_dict(), _weights(first))
+    out = train(_cfg(small_fwd_fname, tmp_path / "second", epochs=1, init="prior",
+                     init_from=str(first)))
+    assert json.loads((out / "config.json").read_text())["train"]["init_from"] == str(first)
+    assert not torch.equal(_weights(out)["curvature.head1.weight"],
+                           _weights(first)["curvature.head1.weight"])  # trained on
 
 
-def test_sloreta_start_is_trained_and_kept(small_fwd_fname, tmp_path, monkeypatch):
-    from mne_learned_mm.training import loop
-
-    ops = []
-    op = loop.tikhonov_operator
-    monkeypatch.setattr(loop, "tikhonov_operator",
-                        lambda L, reg, operator="tikhonov": ops.append(operator) or
-                        op(L, reg, operator))
-    out = train(_cfg(small_fwd_fname, tmp_path / "s", epochs=1, stage="prior",
-                     init_operator="sloreta"))
-    assert ops == ["sloreta"]
-    assert json.loads((out / "config.json").read_text())["init_operator"] == "sloreta"
-    pipeline = load_model(out)[0]
-    assert pipeline.init_operator == "sloreta"
-    L = torch.as_tensor(_load_forward(TrainConfig(fwd=small_fwd_fname))["sol"]["data"],
-                        dtype=torch.float32)
-    Y = L[:, :3] @ torch.randn(3, 6)
-    X_s = pipeline.solve(Y[None], L)[0]
-    pipeline.init_operator = "tikhonov"
-    assert not torch.allclose(pipeline.solve(Y[None], L)[0], X_s)  # the start matters
-    with pytest.raises(ValueError, match="operator must be one of"):
-        train(_cfg(small_fwd_fname, tmp_path / "bad", init_operator="dspm"))
-
-
-def test_context_prior_trains_from_a_plain_one(small_fwd_fname, tmp_path):
-    plain = train(_cfg(small_fwd_fname, tmp_path / "p", epochs=1, stage="prior"))
-    solver = dict(TINY_SOLVER, prior_context=True)
-    out = train(_cfg(small_fwd_fname, tmp_path / "c", epochs=1, stage="prior", solver=solver,
-                     init="prior", init_from=str(plain)))
-    state = _weights(out)
-    assert state["prior.context.weight"].abs().sum() > 0  # started at 0, trained
-    pipeline = load_model(out)[0]
-    assert pipeline.module.prior.context is not None
-    torch.testing.assert_close(pipeline.module.prior.context.weight,
-                               state["prior.context.weight"])
+def test_removed_settings_are_refused():
+    with pytest.raises(ValueError, match="Unknown solver setting"):
+        TrainConfig(solver={"prior_context": True}).check()
+    with pytest.raises(TypeError, match="pretrain_phi_steps"):
+        TrainConfig(pretrain_phi_steps=2)
+    with pytest.raises(ValueError, match="Unknown TrainConfig fields"):
+        TrainConfig.from_dict({"num_workers": 0})
 
 
 def test_unrolled_baseline_trains(small_fwd_fname, tmp_path):

@@ -183,12 +183,8 @@ def cost_and_grad(
     return (u, grad, stats) if return_stats else (u, grad)
 
 
-def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS, time_weight=0.0, zones=None,
-               patch_weight=0.0):
+def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS):
     """Upper-level loss ``ℓ = (1 − cos(X, X̂)) + (1 − cos(X, Φ(X)))``.
-
-    With ``time_weight = w > 0`` the loss gains ``w`` times
-    :func:`time_course_mismatch` of ``X̂`` (a term of ours, not the paper's).
 
     Parameters
     ----------
@@ -200,12 +196,6 @@ def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS, time_weight=0.0, zones=Non
         Autoencoder Φ.
     eps : float
         Smoothing of the cosine norms.
-    time_weight : float
-        Weight of the per-source temporal term (0: the paper's loss).
-    zones : Tensor, shape (n_batch, n_patches, n_sources) | None
-        Neighbourhood of each true patch (see :func:`patch_mismatch`).
-    patch_weight : float
-        Weight of :func:`patch_mismatch` (0: the paper's loss; needs ``zones``).
 
     Returns
     -------
@@ -213,84 +203,4 @@ def upper_loss(X_true, X_hat, prior, eps=DEFAULT_EPS, time_weight=0.0, zones=Non
         Mean over the batch.
     """
     fit = 1.0 - cosine_similarity(X_true, X_hat, eps)
-    if time_weight:
-        fit = fit + time_weight * time_course_mismatch(X_true, X_hat, eps)
-    if patch_weight:
-        fit = fit + patch_weight * patch_mismatch(X_true, X_hat, zones, eps)
     return (fit + prior_penalty(X_true, prior, eps)).mean()
-
-
-def time_course_mismatch(X_true, X_hat, eps=DEFAULT_EPS):
-    """Energy-weighted mean of ``1 − cos_t(X[s], X̂[s])`` over the sources.
-
-    ``cos_t`` is the cosine between one source's time courses, so each
-    source's temporal shape counts on its own, whatever its amplitude
-    relative to the others. The weight of source ``s`` is the mean of its
-    shares of the true and of the estimated energy,
-    ``(‖X[s]‖² / ‖X‖² + ‖X̂[s]‖² / ‖X̂‖²) / 2``: a source that is silent in
-    the truth but not in the estimate costs half its share of the estimated
-    energy (its ``cos_t`` is 0), so spreading energy is not free.
-
-    Parameters
-    ----------
-    X_true : Tensor, shape (n_batch, n_sources, n_times)
-        Ground-truth sources.
-    X_hat : Tensor, shape (n_batch, n_sources, n_times)
-        Estimate.
-    eps : float
-        Smoothing of the norms.
-
-    Returns
-    -------
-    mismatch : Tensor, shape (n_batch,)
-        Between 0 (the estimate is zero where the truth is and has the right
-        time courses up to positive per-source factors) and 2.
-    """
-    e_true, e_hat, inner = _per_source_products(X_true, X_hat)
-    cos_t = _cosine_from_products(inner, e_true, e_hat, eps)
-    weights = 0.5 * (e_true / (e_true.sum(-1, keepdim=True) + eps**2)
-                     + e_hat / (e_hat.sum(-1, keepdim=True) + eps**2))
-    return (weights * (1.0 - cos_t)).sum(-1)
-
-
-def patch_mismatch(X_true, X_hat, zones, eps=DEFAULT_EPS):
-    """Mean over the true patches of ``1 − cos`` restricted to each patch's zone.
-
-    The cosine of whole matrices weighs a patch by its energy, so a small or
-    weak patch next to a strong one hardly counts, while the localisation
-    metrics score every patch in its own neighbourhood. Here each patch counts
-    the same: ``1 − cos(X[z_k], X̂[z_k])`` over the sources ``z_k`` of its zone
-    (all times), averaged over the patches of a sample.
-
-    Parameters
-    ----------
-    X_true : Tensor, shape (n_batch, n_sources, n_times)
-        Ground-truth sources.
-    X_hat : Tensor, shape (n_batch, n_sources, n_times)
-        Estimate.
-    zones : Tensor of bool, shape (n_batch, n_patches, n_sources)
-        ``zones[b, k]`` marks the zone of patch ``k`` of sample ``b`` (its
-        sources and their surroundings); all-False rows are padding.
-    eps : float
-        Smoothing of the norms.
-
-    Returns
-    -------
-    mismatch : Tensor, shape (n_batch,)
-        Between 0 and 2; 0 for a sample without patches.
-    """
-    mask = zones.to(X_true.dtype)
-    e_true, e_hat, inner = (mask @ p.unsqueeze(-1) for p in _per_source_products(X_true, X_hat))
-    cos = _cosine_from_products(inner, e_true, e_hat, eps).squeeze(-1)
-    valid = zones.any(-1).to(X_true.dtype)
-    return ((1.0 - cos) * valid).sum(-1) / valid.sum(-1).clamp(min=1.0)
-
-
-def _per_source_products(X_true, X_hat):
-    """Per source, over time: ``‖X[s]‖²``, ``‖X̂[s]‖²``, ``<X[s], X̂[s]>`` (n_batch, n_sources)."""
-    return (X_true**2).sum(-1), (X_hat**2).sum(-1), (X_true * X_hat).sum(-1)
-
-
-def _cosine_from_products(inner, e_true, e_hat, eps):
-    """``<a, b> / (sqrt(‖a‖² + eps²) sqrt(‖b‖² + eps²))`` from the products."""
-    return inner / (torch.sqrt(e_true + eps**2) * torch.sqrt(e_hat + eps**2))

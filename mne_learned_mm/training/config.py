@@ -6,15 +6,16 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..solver.mm import split_solver_config
+
 #: fields that hold a number or an interval (a tuple; JSON lists on disk and on the CLI)
-RANGE_FIELDS = ("snr_db", "patch_order", "channel_dropout")
+RANGE_FIELDS = ("snr_db",)
 
 #: fields with a fixed set of values
 CHOICES = {
     "data": ("sereega", "nmm", "evoked", "mix", "sereega+evoked"),
     "model": ("mm", "4dvarnet"),
     "init": ("random", "tikhonov", "prior"),
-    "init_operator": ("tikhonov", "sloreta"),
     "stage": ("bilevel", "prior"),
 }
 
@@ -32,7 +33,6 @@ _HELP = {
     "grad_clip": "clip of the gradient norm (0: none)",
     "device": 'where to train: "auto", "cpu", "cuda" or "cuda:<index>"',
     "num_threads": "torch CPU threads (default: torch's)",
-    "num_workers": "DataLoader workers",
     "checkpoint_min": "minutes between checkpoints within an epoch",
     "out": "output directory (model, checkpoint, history, train_config.json)",
 }
@@ -64,10 +64,13 @@ def field_help():
 
 @dataclass
 class TrainConfig:
-    """All hyper-parameters of a bilevel training run (Alg. 2).
+    """Data, start, optimisation and infrastructure of a bilevel training run (Alg. 2).
 
-    Saved as JSON beside the weights together with the forward's channel
-    names, source vertices and sampling rate.
+    The solver's own settings are ``solver``, flat (see
+    :func:`~mne_learned_mm.solver.mm.split_solver_config`: the MM
+    iteration, Φ as ``prior_*``, the curvature net as ``net_*``). Saved as
+    JSON beside the weights together with the forward's channel names,
+    source vertices and sampling rate.
     """
 
     # data
@@ -78,34 +81,26 @@ class TrainConfig:
     snr_db: tuple = (0.0, 15.0)
     seed: int = 0
     random_sign: bool = False  #: draw each SEREEGA/NMM patch's polarity at random
-    patch_order: tuple | None = None  #: patch order range of all kinds; None = (1, 5)
-    #: channel-drop probability (or interval, drawn per sample); prior stage only
-    channel_dropout: float | tuple = 0.0
     # solver / model
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
-    solver: dict = field(default_factory=dict)  #: kwargs of the solver config
+    #: flat solver settings: MM iteration, prior_* (Φ), net_* (curvature net)
+    solver: dict = field(default_factory=dict)
     init: str = "tikhonov"  #: "random" (paper) | "tikhonov" | "prior" (Φ(K Y) warm start)
     init_reg: float = 1.0 / 9.0
-    #: linear image that starts the solve and feeds Φ: "tikhonov" (minimum norm) | "sloreta"
-    init_operator: str = "tikhonov"
     # optimisation
     epochs: int = 10
     batch_size: int = 8
     lr: float = 1e-3
     lr_min: float = 1e-5  #: cosine schedule floor
     grad_clip: float = 1.0
-    time_weight: float = 0.0  #: weight of the per-source temporal loss term (0 = paper)
-    patch_weight: float = 0.0  #: weight of the per-patch zone loss term (0 = paper)
-    pretrain_phi_steps: int = 0  #: denoising-AE steps for Φ before the bilevel stage
     stage: str = "bilevel"  #: "bilevel" (Alg. 2) | "prior" (Φ alone, denoising AE)
-    #: model dir whose weights start this run (a narrower Φ is grown to ``prior_hidden``)
+    #: model dir whose weights start this run (same solver shape)
     init_from: str | None = None
     #: stop (and save) after this many minutes of this run (a --resume gets its own budget)
     time_budget_min: float | None = None
     # infrastructure
     device: str = "auto"
     num_threads: int | None = None
-    num_workers: int = 0
     checkpoint_min: float = 3.0
     out: str = "model_out"
 
@@ -132,6 +127,7 @@ class TrainConfig:
             raise ValueError(f"time_budget_min must be >= 0, got {self.time_budget_min}")
         if not isinstance(self.solver, dict):
             raise ValueError(f"solver must be a JSON object, got {self.solver!r}")
+        split_solver_config(self.solver)  # unknown settings are refused here
         return self
 
     def to_json(self):

@@ -18,23 +18,11 @@ from mne.utils import ProgressBar, logger
 from .. import __version__
 from .._config import check_device
 from .._forward import read_forward
-from ..evaluation.metrics import compute_metrics, seed_zone, summarize_metrics
+from ..evaluation.metrics import compute_metrics, summarize_metrics
 from ..pretrained import build_solver, save_model
 from ..simulation import SereegaConfig, SimulatedDataset, collate, default_config
-from ..solver.init import (
-    initial_point,
-    kept_channels,
-    masked_leadfield,
-    normalise_problem,
-    tikhonov_operator,
-    unit_frobenius,
-)
-from ..solver.objective import (
-    cosine_similarity,
-    patch_mismatch,
-    time_course_mismatch,
-    upper_loss,
-)
+from ..solver.init import initial_point, normalise_problem, tikhonov_operator, unit_frobenius
+from ..solver.objective import cosine_similarity, upper_loss
 
 CKPT = "checkpoint.pt"
 
@@ -63,14 +51,11 @@ def _load_forward(cfg):
 MIXTURES = {"mix": ("sereega", "nmm"), "sereega+evoked": ("sereega", "evoked")}
 
 
-def _simulation_config(kind, sfreq, random_sign=False, patch_order=None):
+def _simulation_config(kind, sfreq, random_sign=False):
     """Simulation config of ``kind``: evoked windows at the model's rate (their
     components always have random polarities); SEREEGA / NMM patches with
-    random polarities if ``random_sign``; patches of ``patch_order`` rings
-    (inclusive range; 0 is a single dipole) instead of the kind's default."""
+    random polarities if ``random_sign``."""
     changes = {"random_sign": True} if random_sign else {}
-    if patch_order is not None:
-        changes["order"] = tuple(patch_order)
     if kind == "evoked":  # 500 ms windows (100 ms baseline) at the SEREEGA rate
         changes.update(sfreq=sfreq, n_times=int(round(0.5 * sfreq)))
     return default_config(kind, **changes) if changes else None
@@ -80,51 +65,28 @@ def _datasets(cfg, fwd):
     kinds = list(MIXTURES.get(cfg.data, [cfg.data]))
     sfreq = SereegaConfig().sfreq
     train = [SimulatedDataset(fwd, kind=k, n_samples=cfg.n_train, seed=cfg.seed, start=0,
-                              snr_db=cfg.snr_db, channel_dropout=cfg.channel_dropout,
-                              config=_simulation_config(k, sfreq, cfg.random_sign,
-                                                        cfg.patch_order))
+                              snr_db=cfg.snr_db,
+                              config=_simulation_config(k, sfreq, cfg.random_sign))
              for k in kinds]
     val = SimulatedDataset(fwd, kind=kinds[0], n_samples=cfg.n_val, seed=cfg.seed + 10_000,
                            start=0, snr_db=5.0)
     return train, val
 
 
-def _batch(datasets, indices, which=0, zones=False):
-    """Stack samples of ``datasets[which % len(datasets)]``: Y, X (float32) and zones.
-
-    ``zones`` is None unless asked for: then a bool tensor of shape
-    (n_batch, n_patches, n_sources) (see :func:`patch_zones`).
-    """
+def _batch(datasets, indices, which=0):
+    """Stack samples of ``datasets[which % len(datasets)]``: Y (unit Frobenius norm per
+    sample) and X, float32."""
     dataset = datasets[which % len(datasets)]
-    return _stack([dataset[int(i)] for i in indices],
-                  dataset.geometry.adjacency if zones else None)
+    return _stack([dataset[int(i)] for i in indices])
 
 
-def _stack(items, adjacency=None):
-    """Y (unit Frobenius norm per sample), X and, given ``adjacency``, the zones."""
+def _stack(items):
     batch = collate(items)
-    Y, X = unit_frobenius(batch["Y"]), batch["X"]
-    return Y, X, None if adjacency is None else patch_zones(items, adjacency, X.shape[1])
+    return unit_frobenius(batch["Y"]), batch["X"]
 
 
 def _to(device, *tensors):
-    return tuple(None if t is None else t.to(device) for t in tensors)
-
-
-def patch_zones(items, adjacency, n_sources):
-    """Zone of every true patch: its seed's metric zone (7 rings minus other patches).
-
-    Returns
-    -------
-    zones : Tensor of bool, shape (n_batch, n_patches, n_sources)
-        All-False rows pad samples with fewer patches.
-    """
-    n_patches = max(len(it["seeds"]) for it in items)
-    zones = torch.zeros(len(items), n_patches, n_sources, dtype=torch.bool)
-    for b, it in enumerate(items):
-        for k, seed in enumerate(it["seeds"]):
-            zones[b, k, seed_zone(adjacency, int(seed), it["patches"])] = True
-    return zones
+    return tuple(t.to(device) for t in tensors)
 
 
 # -- model -------------------------------------------------------------------------
@@ -136,7 +98,6 @@ def model_config(cfg, fwd, n_sources):
         "solver": dict(cfg.solver),
         "init": cfg.init,
         "init_reg": cfg.init_reg,
-        "init_operator": cfg.init_operator,
         "n_sources": int(n_sources),
         "subject": src._subject,
         "vertices": [s["vertno"].tolist() for s in src],
@@ -153,34 +114,20 @@ def _data_sfreq(cfg):
     return default_config(cfg.data).sfreq
 
 
-def _X0(cfg, Y, L, K, step, prior=None, own_channels=False):
-    """Start of the solve; ``own_channels``: each sample's Tikhonov operator on the
-    channels its data kept (channel dropout)."""
-    if cfg.init == "random":
-        return initial_point(Y, L, "random", seed=step)
-    kind = "tikhonov" if cfg.stage == "prior" else cfg.init
-    if own_channels:
-        K = tikhonov_operator(masked_leadfield(L, kept_channels(Y)), cfg.init_reg,
-                              cfg.init_operator)
-    return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, prior=prior)
+def _X0(cfg, Y, L, K, step, prior):
+    """Start of the solve, as :class:`~mne_learned_mm.pretrained.SolverPipeline` starts
+    it; the prior stage denoises the Tikhonov start, the random start changes per step."""
+    kind = "tikhonov" if cfg.stage == "prior" and cfg.init != "random" else cfg.init
+    return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, seed=step, prior=prior)
 
 
 def _load_init(module, init_from):
-    """Start from a trained model's weights; a narrower Φ is grown to this width
-    (:meth:`~mne_learned_mm.solver.prior.ConvAutoencoder.load_narrower_state_dict`)."""
+    """Start from a trained model's weights (same shapes; absent keys keep their
+    initial values)."""
     from ..pretrained import load_state
 
-    state = load_state(init_from)[0]
-    prior = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("prior.")}
-    width = prior.get("conv1.weight", torch.empty(0)).shape[0]
-    grown = bool(prior) and width < module.prior.conv1.out_channels
-    if grown:
-        module.prior.load_narrower_state_dict(prior)
-        state = {k: v for k, v in state.items() if not k.startswith("prior.")}
-        logger.info(f"Grew Φ from {width} to {module.prior.conv1.out_channels} hidden units")
-    keys = module.load_state_dict(state, strict=False)
-    missing = [k for k in keys.missing_keys if not (grown and k.startswith("prior."))]
-    logger.info(f"Initialised from {init_from} (missing: {missing or 'none'}, "
+    keys = module.load_state_dict(load_state(init_from)[0], strict=False)
+    logger.info(f"Initialised from {init_from} (missing: {keys.missing_keys or 'none'}, "
                 f"unexpected: {keys.unexpected_keys or 'none'})")
 
 
@@ -243,7 +190,7 @@ def validate(module, cfg, val, L, K, device):
     geo = val.geometry
     for start in range(0, len(val), 16):
         items = [val[i] for i in range(start, min(start + 16, len(val)))]
-        Y, X, _ = _to(device, *_stack(items))
+        Y, X = _to(device, *_stack(items))
         X0 = _X0(cfg, Y, L, K, 0, module.prior)
         if cfg.stage == "prior":
             X_hat = module.prior(X0)
@@ -260,39 +207,24 @@ def validate(module, cfg, val, L, K, device):
     return out
 
 
-# -- Φ pre-training ------------------------------------------------------------------
-def prior_loss(prior, X, X0, time_weight=0.0, zones=None, patch_weight=0.0):
+# -- Φ stage -------------------------------------------------------------------------
+def prior_loss(prior, X, X0):
     """Denoising-autoencoder loss ``(1 − cos(X, Φ(X0))) + (1 − cos(X, Φ(X)))``.
 
-    ``time_weight`` adds that multiple of
-    :func:`~mne_learned_mm.solver.objective.time_course_mismatch` of ``Φ(X0)``,
-    ``patch_weight`` that of :func:`~mne_learned_mm.solver.objective.patch_mismatch`
-    (needs ``zones``).
+    Parameters
+    ----------
+    prior : callable
+        Autoencoder Φ.
+    X, X0 : Tensor, shape (n_batch, n_sources, n_times)
+        True sources and the start ``X0`` that Φ denoises.
+
+    Returns
+    -------
+    loss : Tensor, shape ()
+        Mean over the batch.
     """
-    denoised = prior(X0)
-    loss = (1 - cosine_similarity(X, denoised)) + (1 - cosine_similarity(X, prior(X)))
-    if time_weight:
-        loss = loss + time_weight * time_course_mismatch(X, denoised)
-    if patch_weight:
-        loss = loss + patch_weight * patch_mismatch(X, denoised, zones)
+    loss = (1 - cosine_similarity(X, prior(X0))) + (1 - cosine_similarity(X, prior(X)))
     return loss.mean()
-
-
-def pretrain_prior(module, cfg, train, L, K, device, n_steps):
-    """Fit Φ alone as a denoising autoencoder: ``Φ(K Y) ≈ X`` in cosine."""
-    prior = module.prior
-    opt = torch.optim.Adam(prior.parameters(), lr=cfg.lr)
-    rng = np.random.default_rng(cfg.seed + 1)
-    for step in range(n_steps):
-        idx = rng.integers(0, cfg.n_train, cfg.batch_size)
-        Y, X, zones = _to(device, *_batch(train, idx, step, zones=bool(cfg.patch_weight)))
-        X0 = initial_point(Y, L, "tikhonov", K=K)
-        loss = prior_loss(prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if step % 50 == 0:
-            logger.info(f"  Φ pre-training step {step}/{n_steps}: loss {loss.item():.4f}")
 
 
 # -- main loop -------------------------------------------------------------------------
@@ -378,11 +310,6 @@ class _Clock:
 def _check_run(cfg, resume):
     """Refuse a configuration that cannot run; the output directory."""
     cfg.check()
-    if cfg.stage not in ("bilevel", "prior"):
-        raise ValueError(f'stage must be "bilevel" or "prior", got {cfg.stage!r}')
-    if cfg.channel_dropout and (cfg.stage != "prior" or cfg.pretrain_phi_steps):
-        raise ValueError("channel_dropout is supported in the prior stage (stage='prior', "
-                         "no pretrain_phi_steps): the MM solves share one leadfield per batch")
     out = Path(cfg.out)
     if resume and not (out / CKPT).is_file():
         raise FileNotFoundError(
@@ -406,7 +333,7 @@ def _start_process(cfg):
 def _operators(cfg, dataset, device):
     """Normalised leadfield ``L`` of the data and its Tikhonov operator ``K``."""
     L = normalise_problem(torch.zeros(1, 1, 1), torch.as_tensor(dataset.L))[1].to(device)
-    return L, tikhonov_operator(L, cfg.init_reg, cfg.init_operator)
+    return L, tikhonov_operator(L, cfg.init_reg)
 
 
 def _build(run):
@@ -426,14 +353,11 @@ def _build(run):
 
 
 def _start_state(run, resume):
-    """Progress of a resumed run, or a new one (after Φ pre-training if asked)."""
+    """Progress of a resumed run, or of a new one."""
     run.state = {"epoch": 0, "step": 0, "elapsed": 0.0, "history": []}
     if resume:
         run.state = _load_checkpoint(run.out, run.module, run.opt, run.sched)
         logger.info(f"Resuming at epoch {run.state['epoch']} step {run.state['step']}")
-    elif run.cfg.pretrain_phi_steps:
-        pretrain_prior(run.module, run.cfg, run.train_sets, run.L, run.K, run.device,
-                       run.cfg.pretrain_phi_steps)
 
 
 def _train_epoch(run, clock):
@@ -463,15 +387,13 @@ def _train_epoch(run, clock):
 def _train_step(run, idx):
     """One optimizer step on the samples ``idx``; the loss."""
     cfg, module, step = run.cfg, run.module, run.state["step"]
-    Y, X, zones = _to(run.device, *_batch(run.train_sets, idx, step,
-                                          zones=bool(cfg.patch_weight)))
-    X0 = _X0(cfg, Y, run.L, run.K, step, module.prior, own_channels=bool(cfg.channel_dropout))
+    Y, X = _to(run.device, *_batch(run.train_sets, idx, step))
+    X0 = _X0(cfg, Y, run.L, run.K, step, module.prior)
     if cfg.stage == "prior":
-        loss = prior_loss(module.prior, X, X0, cfg.time_weight, zones, cfg.patch_weight)
+        loss = prior_loss(module.prior, X, X0)
     else:
         X_hat, _ = run.net(Y, run.L, X0=X0, create_graph=True)
-        loss = upper_loss(X, X_hat, module.prior, time_weight=cfg.time_weight,
-                          zones=zones, patch_weight=cfg.patch_weight)
+        loss = upper_loss(X, X_hat, module.prior)
     run.opt.zero_grad()
     loss.backward()
     if cfg.grad_clip:
