@@ -33,8 +33,7 @@ from ..pretrained import load_state, save_model
 from ..simulation import SereegaConfig, SimulatedDataset
 from ..simulation.bank import BankConfig, PatchBank
 from ..solver.init import normalise_problem, tikhonov_operator
-from ..solver.start import (StartConfig, StartNetwork, amortized_start, peak_loss,
-                            start_loss)
+from ..solver.start import StartConfig, StartNetwork, amortized_start, peak_loss, start_loss
 
 CKPT = "checkpoint_start.pt"
 HISTORY = "history_start.csv"
