@@ -114,3 +114,26 @@ def test_corrupted_files(tmp_path):
         load_state(tmp_path / "m")
     with pytest.raises(FileNotFoundError, match="neither a known model"):
         load_state(tmp_path / "missing")
+
+
+def test_flat_solver_settings_of_the_shipped_models():
+    """config.json keeps the solver flat; the loader sorts it into the three configs."""
+    from mne_learned_mm.pretrained import load_model
+    from mne_learned_mm.solver import MMConfig
+
+    pipeline, config = load_model()
+    module = pipeline.module
+    assert config["solver"]["prior_hidden"] == module.prior.conv1.out_channels == 256
+    assert module.prior.odd and module.curvature.even
+    assert module.config == MMConfig(n_iter=0, bound="hvp", hvp_iters=1, lam=1.0, grad_iters=3)
+    assert load_model(n_iter=4, bound="scaled")[0].module.config.bound == "scaled"
+
+
+def test_unknown_solver_setting_is_a_clear_error(tmp_path):
+    from mne_learned_mm.pretrained import load_model
+
+    state, config = load_state("default")
+    config = dict(config, solver=dict(config["solver"], prior_context=True))
+    save_model(tmp_path, state, config)
+    with pytest.raises(ValueError, match=r"Unknown solver setting\(s\) \['prior_context'\]"):
+        load_model(tmp_path)
