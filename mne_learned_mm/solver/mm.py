@@ -196,7 +196,7 @@ class _Recorder:
         return SolverHistory(**out)
 
 
-def batched_start(Y, L, X0=None):
+def _batched_start(Y, L, X0=None):
     """``X0`` broadcast over the batch (a copy), or the paper's random start if None.
 
     Parameters
@@ -362,7 +362,7 @@ class LearnedMM(nn.Module):
         if cfg.n_iter == 0 and X0 is not None and X0.dim() == 3:
             X = torch.as_tensor(X0, dtype=Y.dtype, device=Y.device)  # nothing to update: no copy
         else:
-            X = batched_start(Y, L, X0)
+            X = _batched_start(Y, L, X0)
         if cfg.n_iter == 0:  # the start alone: no cost is computed (NaN in the history)
             rec = _Recorder()
             rec.add(cost=X.new_full(X.shape[:1], math.nan))

@@ -19,7 +19,7 @@ from .majorant import (
     reference_inverse_curvature,
     rms_normalize,
 )
-from .mm import _build_parts, _Recorder, batched_start
+from .mm import _batched_start, _build_parts, _Recorder
 from .objective import cost_and_grad, safe_norm
 
 
@@ -128,7 +128,7 @@ class UnrolledSolver(nn.Module):
             ``cost`` per iterate; no shrinks, no rejections, ``nu_hi`` NaN.
         """
         cfg = self.config
-        X = batched_start(Y, L, X0)
+        X = _batched_start(Y, L, X0)
         L_norm_sq = operator_norm_sq(L)
         u, g, stats = cost_and_grad(X, Y, L, self.prior, cfg.lam, create_graph=create_graph,
                                     return_stats=True)
