@@ -32,9 +32,9 @@ from mne_learned_mm.solver import (  # noqa: E402
     cost_and_grad,
     hessian_bound,
     hessian_power_iteration,
-    paper_nu_hi,
     reference_inverse_curvature,
 )
+from mne_learned_mm.solver.bounds import paper_nu_hi  # noqa: E402
 
 N_SENSORS, N_SOURCES, N_TIMES, N_ITER = 90, 1284, 64, 10
 
