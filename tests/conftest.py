@@ -21,6 +21,18 @@ def pytest_configure(config):
         config.addinivalue_line("filterwarnings", line)
 
 
+@pytest.fixture
+def one_thread():
+    """Torch on one thread during a test (tiny problems; threads only add contention).
+
+    Used by the solver tests through ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n_threads)
+
+
 @pytest.fixture(scope="session")
 def subjects_dir():
     """Subjects dir with the embedded fsaverage (unpacked once)."""

@@ -22,12 +22,7 @@ from mne_learned_mm.solver.bounds import paper_nu_hi
 N_SENSORS, N_SOURCES = 6, 12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed, n_times=5, eps=0.1, w_scale=1.0, b_scale=0.1, x_scale=1.0, hidden=6,

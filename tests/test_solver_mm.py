@@ -24,12 +24,7 @@ N_SENSORS, N_SOURCES = 6, 12
 SMALL = dict(prior_hidden=6, prior_eps=0.1, net_hidden=5, net_rank=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(seed, n_batch=4, n_times=5):

@@ -20,12 +20,7 @@ from mne_learned_mm.solver import (
 N_SENSORS, N_SOURCES, N_TIMES = 6, 12, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny problems; threads only add contention
-    yield
-    torch.set_num_threads(n_threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(seed, n_batch=3, n_times=N_TIMES, hidden=6, kernel_size=3, eps=0.1):
