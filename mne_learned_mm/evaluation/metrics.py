@@ -49,6 +49,7 @@ import numpy as np
 from scipy import sparse
 from scipy.stats import rankdata
 
+from .._docs import fill_doc
 from .._forward import ring_hops
 
 METRICS = ("LE", "AUC", "nMSE", "PSNR", "TE")
@@ -66,22 +67,6 @@ peak in their zone (the others get the worst-case LE and TE)."""
 
 ZONE_ORDER = 7
 """Number of neighbour rings around a seed in which its estimated peak is sought."""
-
-_DOCDICT = {
-    "X, X_hat": "X, X_hat : array, shape (n_sources, n_times)\n        True and estimated "
-                "sources.",
-    "seed": "seed : int\n        True seed.",
-    "zone": "zone : array of int, shape (n_zone,)\n        Search zone of the seed "
-            "(see :func:`seed_zone`).",
-}
-
-
-def _fill_doc(func):
-    """Put the ``%(name)s`` parameter entries of :data:`_DOCDICT` in a docstring."""
-    for name, text in _DOCDICT.items():
-        func.__doc__ = func.__doc__.replace(f"%({name})s", text)
-    return func
-
 
 def _as_csr(adjacency):
     adjacency = sparse.csr_array(adjacency)
@@ -185,12 +170,14 @@ def _peak_columns(X, X_hat, seed):
 def estimated_seed(X_hat, t_peak, zone):
     """Source of largest absolute estimate in a zone at a time.
 
+    Ties go to the zone's first source (:func:`numpy.argmax`).
+
     Parameters
     ----------
     X_hat : array, shape (n_sources, n_times)
         Estimated sources.
     t_peak : int
-        Time index.
+        Time index (the seed's :func:`peak_time` in the metrics).
     zone : array of int, shape (n_zone,)
         Candidate sources.
 
@@ -206,14 +193,16 @@ def estimated_seed(X_hat, t_peak, zone):
     return int(zone[np.argmax(values)])
 
 
-@_fill_doc
+@fill_doc
 def localization_error(X, X_hat, seed, pos, zone):
     """Localisation error of one seed, in mm.
 
+    ``t*`` is the seed's true peak time (:func:`peak_time`) and ``ŝ`` the
+    zone's source of largest ``|X_hat[:, t*]|`` (:func:`estimated_seed`).
+
     Parameters
     ----------
-    %(X, X_hat)s
-    %(seed)s
+    %(X_pair_seed)s
     pos : array, shape (n_sources, 3)
         Source positions in metres.
     %(zone)s
@@ -231,14 +220,15 @@ def localization_error(X, X_hat, seed, pos, zone):
     return 1e3 * float(np.linalg.norm(pos[seed] - pos[s_hat]))
 
 
-@_fill_doc
+@fill_doc
 def time_error(X, X_hat, seed, zone, sfreq):
     """Time error of one seed, in ms.
 
+    ``t*`` and ``ŝ`` as in :func:`localization_error`.
+
     Parameters
     ----------
-    %(X, X_hat)s
-    %(seed)s
+    %(X_pair_seed)s
     %(zone)s
     sfreq : float
         Sampling frequency in Hz.
@@ -284,14 +274,15 @@ def roc_auc(labels, scores):
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-@_fill_doc
+@fill_doc
 def auc_at_peak(X, X_hat, seed):
     """ROC AUC of the estimated extent at the seed's peak time, in %.
 
+    Ties in the scores get average ranks (:func:`roc_auc`).
+
     Parameters
     ----------
-    %(X, X_hat)s
-    %(seed)s
+    %(X_pair_seed)s
 
     Returns
     -------
@@ -303,14 +294,16 @@ def auc_at_peak(X, X_hat, seed):
     return 100.0 * roc_auc(np.abs(x) > 0, np.abs(normalize_max(x_hat)))
 
 
-@_fill_doc
+@fill_doc
 def nmse_at_peak(X, X_hat, seed):
     """Normalised mean squared error at the seed's peak time.
 
+    Each column is divided by its max ``|·|`` first (:func:`normalize_max`,
+    ``0 / 0 := 0``).
+
     Parameters
     ----------
-    %(X, X_hat)s
-    %(seed)s
+    %(X_pair_seed)s
 
     Returns
     -------
@@ -321,13 +314,13 @@ def nmse_at_peak(X, X_hat, seed):
     return float(np.mean((normalize_max(x) - normalize_max(x_hat)) ** 2))
 
 
-@_fill_doc
+@fill_doc
 def psnr(X, X_hat):
     """Peak signal-to-noise ratio of the whole estimate, in dB.
 
     Parameters
     ----------
-    %(X, X_hat)s
+    %(X_pair)s
 
     Returns
     -------
@@ -354,7 +347,7 @@ def _check_pair(X, X_hat):
     return X, X_hat
 
 
-@_fill_doc
+@fill_doc
 def compute_metrics(X, X_hat, seeds, patches, pos, adjacency, sfreq, *, order=ZONE_ORDER):
     """All five metrics of one sample.
 
