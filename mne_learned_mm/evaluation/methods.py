@@ -44,6 +44,8 @@ import mne
 import numpy as np
 from mne.utils import logger
 
+from .._docs import fill_doc
+
 CLASSICAL = ("MNE", "dSPM", "sLORETA", "eLORETA", "MxNE", "gamma_map")
 """Names of the classical methods, all from MNE-Python."""
 
@@ -124,6 +126,7 @@ def _proj_key(info):
     return tuple((p["desc"], bool(p["active"])) for p in info["projs"])
 
 
+@fill_doc
 class MinimumNorm:
     """``"MNE"``, ``"dSPM"``, ``"sLORETA"`` or ``"eLORETA"`` through MNE.
 
@@ -133,8 +136,7 @@ class MinimumNorm:
         Passed to :func:`mne.minimum_norm.apply_inverse`.
     lambda2 : float
         Regularisation (``1 / SNR²``).
-    depth : float
-        Depth weighting exponent (when the forward allows it).
+    %(depth)s
 
     Notes
     -----
@@ -206,6 +208,7 @@ class _SparseSolver:
             depth=None if depth is None else self.depth, verbose=False, **options)
 
 
+@fill_doc
 class MixedNorm(_SparseSolver):
     """``"MxNE"``: :func:`mne.inverse_sparse.mixed_norm` with fixed orientation.
 
@@ -221,13 +224,11 @@ class MixedNorm(_SparseSolver):
         Tolerance on the duality gap.
     solver : "bcd" | "cd" | "auto"
         MxNE solver (``"cd"`` needs scikit-learn).
-    depth : float
-        Depth weighting exponent.
+    %(depth)s
 
     Attributes
     ----------
-    warnings_ : collections.Counter
-        Convergence warnings met so far.
+    %(warnings_)s
     """
 
     def __init__(self, *, alpha=50.0, n_mxne_iter=1, maxit=3000, tol=1e-4, solver="bcd",
@@ -252,6 +253,7 @@ class MixedNorm(_SparseSolver):
                 f"maxit={self.maxit}, tol={self.tol:g}, solver={self.solver!r})")
 
 
+@fill_doc
 class GammaMap(_SparseSolver):
     """``"gamma_map"``: :func:`mne.inverse_sparse.gamma_map` with fixed orientation.
 
@@ -263,13 +265,11 @@ class GammaMap(_SparseSolver):
         Maximum number of iterations.
     tol : float
         Tolerance on the relative change of the hyperparameters.
-    depth : float
-        Depth weighting exponent.
+    %(depth)s
 
     Attributes
     ----------
-    warnings_ : collections.Counter
-        Convergence warnings met so far.
+    %(warnings_)s
     """
 
     def __init__(self, *, alpha=1.0, maxit=1000, tol=1e-5, depth=0.8):
