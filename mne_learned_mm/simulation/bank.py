@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._docs import fill_doc
 from .geometry import SourceGeometry, gaussian_profile
 from .leadfield import make_leadfield
 
@@ -36,14 +37,16 @@ def _profile(dist, kind):
     raise ValueError(f"profile must be one of {PROFILES}, got {kind!r}")
 
 
+@fill_doc
 @dataclass
 class BankConfig:
     """What :meth:`PatchBank.sample` draws.
 
+    The patch orders and spatial profiles are those of the :class:`PatchBank`.
+
     Attributes
     ----------
-    n_patches : tuple of int
-        Inclusive range of the number of patches per topography.
+    %(n_patches)s
     snr_db : tuple of float
         Interval of the sensor SNR (dB), drawn uniformly per topography.
     background : tuple of float
@@ -51,8 +54,7 @@ class BankConfig:
         is white), drawn uniformly per topography.
     min_amplitude : float
         Each later patch gets ``|a| ~ U(min_amplitude, 1)`` relative to the first.
-    margin : int
-        Non-overlap margin in rings (as :func:`~.sources.draw_patches`).
+    %(margin)s
     """
 
     n_patches: tuple = (1, 3)

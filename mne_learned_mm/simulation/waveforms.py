@@ -4,21 +4,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._docs import fill_doc
 
+
+@fill_doc
 @dataclass
 class PatchConfig:
     """Spatial settings shared by all kinds of simulations.
 
     Parameters
     ----------
-    n_patches : tuple of int
-        Inclusive range of the number of patches per sample.
+    %(n_patches)s
     order : tuple of int
         Inclusive range of the patch order (number of neighbour rings).
-    margin : int
-        A later seed is at least ``order + margin`` rings away from every
-        source of earlier patches, so patches neither overlap nor touch when
-        ``margin >= 2``.
+    %(margin)s
     amplitude : float
         Base source amplitude in A·m.
     random_sign : bool
@@ -166,11 +165,15 @@ def _signs(rng, k, random_sign):
 def sereega_waveforms(rng, n_patches, config):
     """Draw the patch time courses of one SEREEGA-style sample.
 
+    Amplitude, centre and width are jittered once for the sample, then once
+    per patch (the two ``*_dev`` deviations).
+
     Parameters
     ----------
     rng : numpy.random.Generator
     n_patches : int
     config : SereegaConfig
+        Time axis and ERP settings.
 
     Returns
     -------
@@ -194,11 +197,15 @@ def sereega_waveforms(rng, n_patches, config):
 def evoked_waveforms(rng, n_patches, config):
     """Draw the patch time courses of one evoked-like sample.
 
+    Each patch sums ``k`` Gaussian components of alternating sign, ``k``
+    drawn in ``n_components``, one latency in each equal slice of ``latency``.
+
     Parameters
     ----------
     rng : numpy.random.Generator
     n_patches : int
     config : EvokedConfig
+        Time axis, component and amplitude settings.
 
     Returns
     -------
