@@ -77,6 +77,7 @@ def operator_norm_sq(L):
     Parameters
     ----------
     L : Tensor, shape (n_sensors, n_sources)
+        Lead field (detached: no gradient flows to it).
 
     Returns
     -------

@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._docs import fill_doc
+
 
 class SoftReLU(nn.Module):
     """Soft ReLU ``σ(z) = (z + sqrt(z² + ε²)) / 2``.
@@ -248,10 +250,12 @@ class ConvAutoencoder(nn.Module):
         Parameters
         ----------
         X : Tensor, shape (n_batch, n_sources, n_times)
+            Source estimates.
 
         Returns
         -------
         Phi : Tensor, shape (n_batch, n_sources, n_times)
+            ``Φ(X)``, odd in ``X`` when the prior is odd.
         """
         if not self.odd:
             return self._network(X)
@@ -275,6 +279,7 @@ class ConvAutoencoder(nn.Module):
         """
         return _l1_norm(self.conv2.weight)
 
+    @fill_doc
     def layer_norms(self, differentiable=False):
         """Certified bounds on the operator norms of the three convolutions.
 
@@ -283,8 +288,7 @@ class ConvAutoencoder(nn.Module):
 
         Parameters
         ----------
-        differentiable : bool
-            Return tensors differentiable with respect to the weights.
+        %(differentiable)s
 
         Returns
         -------
@@ -304,6 +308,7 @@ class ConvAutoencoder(nn.Module):
                 norms.append(entry[1])
         return tuple(norms)
 
+    @fill_doc
     def lipschitz_bound(self, differentiable=False):
         """Bound ρ ≥ ||J_Φ(x)|| for all x: product of the layer norms.
 
@@ -311,16 +316,17 @@ class ConvAutoencoder(nn.Module):
 
         Parameters
         ----------
-        differentiable : bool
-            See :meth:`layer_norms`.
+        %(differentiable)s
 
         Returns
         -------
         rho : float | Tensor, shape ()
+            Lipschitz constant bound of Φ.
         """
         n1, n2, n3 = self.layer_norms(differentiable)
         return n1 * n2 * n3
 
+    @fill_doc
     def second_derivative_bound(self, differentiable=False):
         """Bound α̃ ≥ ||D²Φ(x)[h, h]|| for all x and unit h.
 
@@ -331,12 +337,13 @@ class ConvAutoencoder(nn.Module):
 
         Parameters
         ----------
-        differentiable : bool
-            See :meth:`layer_norms`.
+        %(differentiable)s
 
         Returns
         -------
         alpha : float | Tensor, shape ()
+            Bound on the second directional derivative of Φ along unit
+            directions.
         """
         n1, n2, n3 = self.layer_norms(differentiable)
         return n3 * n1**2 * n2 * (n2 + 1.0) / (2.0 * self.eps)

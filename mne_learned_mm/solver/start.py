@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .._docs import fill_doc
 from .init import tikhonov_operator
 
 
@@ -89,6 +90,7 @@ def canonical_sign(z):
     Parameters
     ----------
     z : Tensor, shape (n, m)
+        One vector per row.
 
     Returns
     -------
@@ -124,13 +126,16 @@ def gavish_donoho_rank(S, shape, max_rank):
     return (S > tau).sum(1).clamp(1, max_rank)
 
 
+@fill_doc
 def temporal_components(Y, max_rank):
     """Temporal components of each ``Y`` above the noise (Gavish-Donoho).
 
+    The rank of each sample is :func:`gavish_donoho_rank`'s, from the
+    singular values of :func:`singular_pairs`.
+
     Parameters
     ----------
-    Y : Tensor, shape (n_batch, n_sensors, n_times)
-    max_rank : int
+    %(Y_max_rank)s
 
     Returns
     -------
@@ -178,18 +183,22 @@ def singular_pairs(Y):
     return evals.flip(1).clamp_min(0).sqrt(), W.flip(2)
 
 
+@fill_doc
 def denoise(Y, max_rank):
     """Projection of each ``Y`` on its temporal components above the noise.
 
+    The sum ``comps @ Vh`` of :func:`temporal_components`.
+
     Parameters
     ----------
-    Y : Tensor, shape (n_batch, n_sensors, n_times)
-    max_rank : int
+    %(Y_max_rank)s
 
     Returns
     -------
-    Y_r : Tensor, shape (n_batch, n_sensors, n_times)
+    Y_r : Tensor, same shape as ``Y``
+        Denoised data.
     rank : Tensor of int64, shape (n_batch,)
+        Number of kept components of each sample.
     """
     comps, Vh, keep = temporal_components(Y, max_rank)
     return comps @ Vh, keep.sum(1).long()
