@@ -236,8 +236,11 @@ def amortized_start(Y, L, network, *, K=None):
     comps, Vh, keep = temporal_components(Y, cfg.max_rank)  # (B, n, r), dropped ones zero
     Y_r = comps @ Vh
     B, n, r = comps.shape
-    F = network(comps.transpose(1, 2).reshape(B * r, n) @ K.T).reshape(B, r, -1)
-    F = F.transpose(1, 2) * keep[:, None]  # (B, s, r)
+    kept = torch.nonzero(keep.reshape(-1)).squeeze(1)  # the network sees kept ones only
+    topo = comps.transpose(1, 2).reshape(B * r, n)[kept]
+    F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
+        0, kept, network(topo @ K.T))
+    F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
     A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
     return F @ A
 
