@@ -44,7 +44,7 @@ class StartConfig:
     hidden: int = 1024
     depth: int = 3
     reg: float = 1.0 / 9.0
-    max_rank: int = 3
+    max_rank: int = 6
 
 
 class StartNetwork(nn.Module):

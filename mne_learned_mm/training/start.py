@@ -272,12 +272,10 @@ def patch_zones(bank, which, amplitude):
     n, k = which.shape
     seeds = bank._seed_t[which]
     active = amplitude != 0
-    zones = bank.hops[seeds].long() <= ZONE_ORDER
-    support = torch.stack([bank.sources(which[:, j:j + 1], active[:, j:j + 1].float()) != 0
-                           for j in range(k)], 1)  # (n, k, s)
-    for j in range(k):
-        others = support[:, [i for i in range(k) if i != j]].any(1)
-        zones[:, j] &= ~others
+    support = (bank.sources(which.reshape(-1, 1), active.reshape(-1, 1).float()) != 0
+               ).reshape(n, k, -1).int()  # (n, k, s)
+    others = (support.sum(1, keepdim=True) - support) > 0  # the other patches' sources
+    zones = (bank.hops[seeds] <= ZONE_ORDER) & ~others
     zones.scatter_(2, seeds[..., None], False)
     return seeds, zones, active
 
