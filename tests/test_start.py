@@ -18,6 +18,7 @@ from mne_learned_mm.solver.start import (
     denoise,
     gavish_donoho_rank,
     peak_loss,
+    residual,
     singular_pairs,
     start_loss,
     temporal_components,
@@ -111,21 +112,52 @@ def test_whitener_whitens_on_the_reference_range(bank):
                                                     atol=1e-8)
 
 
+def _random_operator(n=12, s=50, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    L = torch.randn(n, s, generator=gen, dtype=torch.float64)
+    return L, torch.randn(s, n, generator=gen, dtype=torch.float64)
+
+
+def _trained_looking(net):
+    """Give the residual passes a non-zero last layer (an untrained one adds nothing)."""
+    torch.manual_seed(7)
+    for g in net.refine:
+        torch.nn.init.normal_(g[-1].weight, std=0.3)
+    return net
+
+
 def test_start_network_is_sign_equivariant():
     torch.manual_seed(0)
-    net = StartNetwork(50, StartConfig(hidden=16, depth=2)).double()
-    z = torch.randn(7, 50, dtype=torch.float64)
-    torch.testing.assert_close(net(-z), -net(z), rtol=0, atol=0)
-    torch.testing.assert_close(net(3.0 * z), net(z))  # scale-free input
+    L, K = _random_operator()
+    net = _trained_looking(StartNetwork(50, StartConfig(hidden=16, depth=2, refinements=1)))
+    net = net.double()
+    y = torch.randn(7, 12, dtype=torch.float64)
+    torch.testing.assert_close(net(-y, L, K), -net(y, L, K), rtol=0, atol=0)
+    torch.testing.assert_close(net(3.0 * y, L, K), net(y, L, K))  # scale-free input
     assert torch.equal(canonical_sign(torch.tensor([[1.0, -3.0], [0.0, 0.0]])),
                        torch.tensor([-1.0, 1.0]))
 
 
 def test_start_network_gradcheck():
     torch.manual_seed(1)
-    net = StartNetwork(6, StartConfig(hidden=5, depth=1)).double()
-    z = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(net, (z,))
+    L, K = _random_operator(n=5, s=6)
+    net = _trained_looking(StartNetwork(6, StartConfig(hidden=5, depth=1, refinements=1)))
+    y = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: net.double()(v, L, K), (y,))
+
+
+def test_residual_pass_starts_as_the_first_pass():
+    """An untrained residual pass returns the first pass's pattern, normalised."""
+    torch.manual_seed(2)
+    L, K = _random_operator()
+    net = StartNetwork(50, StartConfig(hidden=16, depth=2, refinements=2)).double()
+    y = torch.randn(4, 12, dtype=torch.float64)
+    first = net(y, L, K, refine=False)
+    torch.testing.assert_close(net(y, L, K), first / first.norm(dim=1, keepdim=True))
+    r = residual(y, L, first)  # orthogonal to the fit, the data where nothing fits
+    torch.testing.assert_close((r * (first @ L.T)).sum(1), torch.zeros(4, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(residual(y, L, torch.zeros_like(first)), y)
 
 
 def test_gavish_donoho_rank_finds_the_signal_rank():
@@ -253,10 +285,10 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     assert history[1].split(",")[0] == "1" and not (out / "weights.pt").exists()
     recipe_mod.main(["tiny", "--out", str(out)])  # resumes to the end, writes the model
     rows = (out / recipe_mod.HISTORY).read_text().splitlines()
-    assert rows[-1].split(",")[0] == "4"
+    assert rows[-1].split(",")[0] == "6"  # 4 steps of the first pass, 2 of the residual one
     config = json.loads((out / "config.json").read_text())
-    assert config["init"] == "amortized" and config["trained"]["steps"] == 4
-    assert config["trained"]["topographies"] == 4 * 16
+    assert config["init"] == "amortized" and config["trained"]["steps"] == 6
+    assert config["trained"]["topographies"] == 6 * 16 and config["start"]["refinements"] == 1
     pipe, _ = load_model(out)
     L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
     Y = torch.randn(2, L.shape[0], 16)
@@ -287,13 +319,13 @@ def test_amortized_start_is_the_patterns_of_the_components(fwd_small):
 
     K = tikhonov_operator(L, net.config.reg, "sloreta")
     # rank 1: every time sample has the pattern of the (one) component
-    x = net((Y_r[0].T @ K.T)).T
+    x = net(Y_r[0].T, L, K).T
     Lx = L @ x
     torch.testing.assert_close(X0[0], x * ((Y_r[0] * Lx).sum(0) / Lx.square().sum(0)),
                                rtol=1e-6, atol=1e-12)
     # rank 2: X0 lies in the span of the two patterns f(K s_k u_k)
     U, S, _ = torch.linalg.svd(Y[1], full_matrices=False)
-    F = net(((U[:, :2] * S[:2]).T @ K.T)).T
+    F = net((U[:, :2] * S[:2]).T, L, K).T
     coef = torch.linalg.lstsq(F, X0[1]).solution
     torch.testing.assert_close(F @ coef, X0[1], rtol=1e-6, atol=1e-9 * float(X0[1].abs().max()))
 
@@ -357,3 +389,34 @@ def test_recipe_for_another_forward(tmp_path, fwd_small):
                                   "mm_from": "default", "val_samples": 2}))
     with pytest.raises(ValueError, match="another source space"):
         recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(tmp_path / "n")])
+
+
+def test_residual_phase_resumes_a_one_pass_run_with_the_first_pass_frozen(tmp_path, fwd_small):
+    """A one-pass checkpoint continues into the residual phase; the first pass stays put."""
+    fname = tmp_path / "small-fwd.fif"
+    import mne
+
+    with pytest.warns(RuntimeWarning, match="free orientation"):
+        mne.write_forward_solution(fname, fwd_small, verbose=False)
+    common = {"optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1], "mm_from": None,
+              "val_samples": 2}
+    one_pass, two_pass = tmp_path / "one.json", tmp_path / "two.json"
+    one_pass.write_text(json.dumps({**common, "start": {"hidden": 16, "depth": 1}}))
+    two_pass.write_text(json.dumps({**common, "start": {"hidden": 16, "depth": 1,
+                                                         "refinements": 1},
+                                    "optim": {**common["optim"], "refine_steps": 3}}))
+    out = tmp_path / "m"
+    recipe_mod.main([str(one_pass), "--fwd", str(fname), "--out", str(out)])
+    first = torch.load(out / recipe_mod.CKPT, weights_only=False)["net"]
+    recipe_mod.main([str(two_pass), "--fwd", str(fname), "--out", str(out)])
+    ck = torch.load(out / recipe_mod.CKPT, weights_only=False)
+    assert ck["state"]["step"] == 5 and ck["phase"] == 1
+    for k, v in first.items():
+        torch.testing.assert_close(ck["net"][k], v, rtol=0, atol=0)  # frozen
+    assert float(ck["net"]["refine.0.2.weight"].abs().max()) > 0  # trained from zero
+    pipe, config = load_model(out)
+    assert config["start"]["refinements"] == 1 and config["trained"]["steps"] == 5
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**common, "optim": {"n_steps": 2, "refine_steps": 1}}))
+    with pytest.raises(ValueError, match="refinements"):
+        recipe_mod.load_recipe(bad)

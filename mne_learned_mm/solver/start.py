@@ -5,7 +5,10 @@ The MM solve ends near where it starts, so the start carries the accuracy.
 (:class:`~mne_learned_mm.simulation.bank.PatchBank`): its input is the
 sLORETA image ``K y`` of a topography for whatever channels it has, so one
 network serves every montage on its source space; its output is a source
-pattern. :func:`amortized_start` handles time explicitly: it keeps the
+pattern. Optional residual passes look again at what that pattern leaves
+unexplained (the sLORETA image of the least-squares residual), where a
+weak patch next to a strong one shows. :func:`amortized_start` handles
+time explicitly: it keeps the
 temporal components of ``Y`` above the noise (Gavish-Donoho threshold),
 applies the network to each component's topography and fits the time
 courses of the resulting patterns by least squares.
@@ -21,7 +24,7 @@ import torch
 from torch import nn
 
 from .._docs import fill_doc
-from .init import tikhonov_operator
+from .init import tikhonov_operator, unit_frobenius
 
 
 @dataclass
@@ -39,16 +42,27 @@ class StartConfig:
         :func:`~.init.tikhonov_operator`).
     max_rank : int
         Most temporal components kept.
+    refinements : int
+        Residual passes after the first (each an MLP of the same width and
+        depth on the image, the current pattern and its residual image).
     """
 
     hidden: int = 1024
     depth: int = 3
     reg: float = 1.0 / 9.0
     max_rank: int = 6
+    refinements: int = 0
 
 
 class StartNetwork(nn.Module):
-    """Sign-equivariant spatial network ``z ↦ x`` (one topography at a time).
+    """Sign-equivariant spatial network ``y ↦ x`` (one topography at a time).
+
+    The first pass maps the normalised sLORETA image ``z = K y`` to a
+    pattern ``x₁``; each residual pass ``k`` adds a correction from
+    ``[z, x̂, K r]``, with ``x̂ = x_{k−1}/‖x_{k−1}‖`` and ``r = y − α L x̂``
+    the residual of the least-squares fit (``α = ⟨y, L x̂⟩ / ‖L x̂‖²``):
+    ``x_k = x̂ + g_k([z, x̂, K r])``. Its last layer starts at zero, so an
+    untrained pass returns the previous pattern.
 
     Parameters
     ----------
@@ -59,29 +73,70 @@ class StartNetwork(nn.Module):
     def __init__(self, n_sources, config=None):
         super().__init__()
         self.config = cfg = StartConfig() if config is None else config
-        sizes = [n_sources] + [cfg.hidden] * cfg.depth
-        layers = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), nn.GELU()]
-        layers.append(nn.Linear(sizes[-1], n_sources))
-        self.net = nn.Sequential(*layers)
+        self.net = _mlp(n_sources, cfg.hidden, cfg.depth, n_sources)
+        self.refine = nn.ModuleList(_mlp(3 * n_sources, cfg.hidden, cfg.depth, n_sources)
+                                    for _ in range(cfg.refinements))
+        for g in self.refine:
+            nn.init.zeros_(g[-1].weight)
+            nn.init.zeros_(g[-1].bias)
 
-    def forward(self, z):
-        """Source pattern of each source image.
+    def forward(self, y, L, K, refine=True):
+        """Source pattern of each topography.
 
         Parameters
         ----------
-        z : Tensor, shape (n, n_sources)
-            Linear source images (any scale).
+        y : Tensor, shape (n, n_sensors)
+            Topographies (referenced, whitened; any scale).
+        L : Tensor, shape (n_sensors, n_sources)
+            Leadfield of the same channels.
+        K : Tensor, shape (n_sources, n_sensors)
+            Its sLORETA operator.
+        refine : bool
+            Apply the residual passes (``False``: the first pass alone).
 
         Returns
         -------
         x : Tensor, shape (n, n_sources)
-            Source patterns (unit-free), ``x(−z) = −x(z)``.
+            Source patterns (unit-free), ``x(−y) = −x(y)``.
         """
+        z = y @ K.T
         sign = canonical_sign(z)[:, None]
-        z = sign * z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-        return sign * self.net(z)
+        norm = z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        z, y = sign * z / norm, sign * y / norm
+        x = self.net(z)
+        for g in self.refine if refine else ():
+            x = unit_frobenius(x)
+            x = x + g(torch.cat([z, x, residual(y, L, x) @ K.T], dim=1))
+        return sign * x
+
+
+def _mlp(n_in, hidden, depth, n_out):
+    sizes = [n_in] + [hidden] * depth
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.GELU()]
+    layers.append(nn.Linear(sizes[-1], n_out))
+    return nn.Sequential(*layers)
+
+
+def residual(y, L, x):
+    """Residual ``y − α L x`` of each least-squares fit ``α = ⟨y, L x⟩ / ‖L x‖²``.
+
+    Parameters
+    ----------
+    y : Tensor, shape (n, n_sensors)
+    L : Tensor, shape (n_sensors, n_sources)
+    x : Tensor, shape (n, n_sources)
+
+    Returns
+    -------
+    r : Tensor, shape (n, n_sensors)
+        Orthogonal to ``L x`` (``y`` where ``L x = 0``).
+    """
+    Lx = x @ L.T
+    alpha = (y * Lx).sum(1, keepdim=True) / Lx.square().sum(1, keepdim=True).clamp_min(
+        torch.finfo(y.dtype).tiny)
+    return y - alpha * Lx
 
 
 def canonical_sign(z):
@@ -239,7 +294,7 @@ def amortized_start(Y, L, network, *, K=None):
     kept = torch.nonzero(keep.reshape(-1)).squeeze(1)  # the network sees kept ones only
     topo = comps.transpose(1, 2).reshape(B * r, n)[kept]
     F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
-        0, kept, network(topo @ K.T))
+        0, kept, network(topo, L, K))
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
     A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
     return F @ A

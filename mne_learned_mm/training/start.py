@@ -50,7 +50,10 @@ class Optimisation:
     batch_size : int
         Topographies per step.
     n_steps : int
-        Total steps (the cosine learning-rate schedule spans them).
+        Steps of the first pass (the cosine learning-rate schedule spans them).
+    refine_steps : int
+        Steps of the residual passes afterwards (``start.refinements`` of
+        them), with the first pass frozen and a schedule of their own.
     lr : float
         Peak AdamW learning rate.
     weight_decay : float
@@ -71,6 +74,7 @@ class Optimisation:
 
     batch_size: int = 256
     n_steps: int = 20000
+    refine_steps: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     background_weight: float = 0.5
@@ -127,6 +131,8 @@ class Recipe:
         if bad:
             raise ValueError(f"Unknown recipe key(s) {bad}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        if kwargs["optim"].refine_steps > 0 and kwargs["start"].refinements < 1:
+            raise ValueError("optim.refine_steps > 0 needs start.refinements >= 1")
         return cls(**kwargs, **d)
 
     def to_dict(self):
@@ -235,10 +241,10 @@ def _schedule(opt, n_steps):
                                                                      / n_steps)))
 
 
-def _save(out, net, opt, sched, state, gen):
+def _save(out, net, opt, sched, state, gen, phase):
     tmp = out / (CKPT + ".tmp")
     torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "state": state, "gen": gen.get_state()}, tmp)
+                "state": state, "gen": gen.get_state(), "phase": phase}, tmp)
     os.replace(tmp, out / CKPT)
 
 
@@ -280,11 +286,12 @@ def patch_zones(bank, which, amplitude):
     return seeds, zones, active
 
 
-def _step_loss(net, bank, gen, recipe, T, K, device):
+def _step_loss(net, bank, gen, recipe, operators, device, refine):
     optim = recipe.optim
+    T, L, K = operators
     y, x, which, amp = bank.sample(gen, optim.batch_size, recipe.bank, transform=T,
                                    return_patches=True)
-    x_hat = net(y.to(device) @ K.T.to(device))
+    x_hat = net(y.to(device), L.to(device), K.to(device), refine=refine)
     loss = start_loss(x.to(device), x_hat, optim.background_weight)
     if optim.peak_weight > 0:
         seeds, zones, active = patch_zones(bank, which, amp)
@@ -295,6 +302,11 @@ def _step_loss(net, bank, gen, recipe, T, K, device):
 
 def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     """Fit the start network (resumes from ``out`` when a checkpoint is there).
+
+    Two phases: the first pass for ``optim.n_steps`` steps, then the residual
+    passes for ``optim.refine_steps`` steps with the first pass frozen. A
+    checkpoint of a network without residual passes resumes into the second
+    phase.
 
     Parameters
     ----------
@@ -320,27 +332,30 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
-                            weight_decay=recipe.optim.weight_decay)
-    sched = _schedule(opt, recipe.optim.n_steps)
     gen = torch.Generator().manual_seed(recipe.optim.seed)
     state = {"step": 0, "seen": 0, "minutes": 0.0}
+    ck = None
     if (out / CKPT).exists():
         ck = torch.load(out / CKPT, map_location=device, weights_only=False)  # our own file
-        net.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
+        _load_network(net, ck["net"])
         gen.set_state(ck["gen"])
         state = ck["state"]
         logger.info(f"Resuming at step {state['step']} ({state['minutes']:.1f} min)")
     t_run = time.perf_counter()
     t_ckpt = t_eval = t_run
     minutes0 = state["minutes"]
-    steps = range(state["step"], recipe.optim.n_steps)
-    for step in ProgressBar(steps, mesg="start network"):
+    total = recipe.optim.n_steps + recipe.optim.refine_steps
+    phase = None
+    for step in ProgressBar(range(state["step"], total), mesg="start network"):
+        if _phase(recipe, step) != phase:
+            phase = _phase(recipe, step)
+            opt, sched = _optimiser(net, recipe, phase)
+            if ck is not None and ck.get("phase", 0) == phase and step == state["step"]:
+                opt.load_state_dict(ck["opt"])
+                sched.load_state_dict(ck["sched"])
         _, T, L = step_operator(bank, gen, recipe.optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
-        loss = _step_loss(net, bank, gen, recipe, T, K, device)
+        loss = _step_loss(net, bank, gen, recipe, (T, L, K), device, refine=phase == 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -348,7 +363,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
         now = time.perf_counter()
         state.update(step=step + 1, seen=state["seen"] + recipe.optim.batch_size,
                      minutes=minutes0 + (now - t_run) / 60)
-        last = step + 1 == recipe.optim.n_steps
+        last = step + 1 == total
         over = max_minutes is not None and (now - t_run) / 60 >= max_minutes
         if last or over or now - t_eval >= 60 * recipe.eval_minutes:
             net.eval()
@@ -359,11 +374,34 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
             logger.info(f"step {state['step']}: loss {loss.item():.4f}, val {metrics}")
             t_eval = time.perf_counter()
         if last or over or now - t_ckpt >= 60 * recipe.checkpoint_minutes:
-            _save(out, net, opt, sched, state, gen)
+            _save(out, net, opt, sched, state, gen, phase)
             t_ckpt = time.perf_counter()
         if over:
             break
     return net.eval(), state
+
+
+def _phase(recipe, step):
+    """0 while the first pass trains, 1 for the residual passes."""
+    return int(step >= recipe.optim.n_steps)
+
+
+def _optimiser(net, recipe, phase):
+    """AdamW and its schedule over the parameters of one phase (the others frozen)."""
+    optim = recipe.optim
+    net.net.requires_grad_(phase == 0)
+    net.refine.requires_grad_(phase == 1)
+    params = net.net.parameters() if phase == 0 else net.refine.parameters()
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    return opt, _schedule(opt, optim.n_steps if phase == 0 else optim.refine_steps)
+
+
+def _load_network(net, state):
+    """Checkpoint weights; residual passes missing from it keep their initial zero output."""
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    bad = unexpected + [k for k in missing if not k.startswith("refine.")]
+    if bad:
+        raise ValueError(f"Checkpoint does not match the recipe's start network: {bad[:3]}")
 
 
 def build_model(recipe, network, state, fwd, out, device_name):
@@ -444,7 +482,7 @@ def export_checkpoint(recipe, fwd, out):
         raise FileNotFoundError(f"No {CKPT} in {out}: nothing to export")
     ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)  # our own file
     network = StartNetwork(fwd["nsource"], recipe.start)
-    network.load_state_dict(ck["net"])
+    _load_network(network, ck["net"])
     build_model(recipe, network.eval(), ck["state"], fwd, out, "checkpoint")
 
 
@@ -461,11 +499,12 @@ def main(argv=None):
         return
     network, state = train_start(recipe, fwd, args.out, device=device,
                                  max_minutes=args.max_minutes)
-    if state["step"] >= recipe.optim.n_steps:
+    if state["step"] >= recipe.optim.n_steps + recipe.optim.refine_steps:
         build_model(recipe, network, state, fwd, args.out, str(device))
         logger.info(f"Model written to {args.out}")
     else:
-        logger.info(f"Stopped at step {state['step']}/{recipe.optim.n_steps}; run again "
+        logger.info(f"Stopped at step {state['step']}/"
+                    f"{recipe.optim.n_steps + recipe.optim.refine_steps}; run again "
                     "to resume")
 
 
