@@ -75,6 +75,25 @@ def test_bank_mixtures_follow_the_non_overlap_rule(bank):
     assert abs(float(signs.mean())) < 0.1  # random polarities
 
 
+def test_bank_balanced_mixtures_scale_by_topography(bank):
+    """balance=1: each later patch's topography is 0.1-1 of the first's (focal ones too)."""
+    config = BankConfig(min_amplitude=0.1, balance=1.0)
+    which, amp = bank.draw_mixtures(torch.Generator().manual_seed(0), 2000, config)
+    norms = bank.image_norms[which] * amp.abs()
+    rel = (norms[:, 1:] / norms[:, :1])[amp[:, 1:] != 0]
+    assert float(rel.min()) >= 0.1 - 1e-5 and float(rel.max()) <= 1 + 1e-5
+    assert 0.5 < float(rel.mean()) < 0.6  # U(0.1, 1)
+    peak = amp.abs()[:, 1:][amp[:, 1:] != 0]
+    assert float(peak.max()) > 2  # a single source outweighs an extended patch's peak
+    half = bank.draw_mixtures(torch.Generator().manual_seed(0), 2000,
+                              BankConfig(balance=0.5))[1]  # same draws, half balanced
+    second = amp[:, 1] != 0
+    as_balanced = torch.isclose(half[second, 1], amp[second, 1])
+    assert 0.4 < float(as_balanced.float().mean()) < 0.6
+    off = bank.draw_mixtures(torch.Generator().manual_seed(0), 2000, BankConfig())
+    assert torch.all(off[1].abs() <= 1)  # peak amplitudes, as the simulators'
+
+
 @pytest.mark.parametrize("snr_db", [0.0, 20.0])
 def test_bank_sample_snr_and_reference(bank, snr_db):
     gen = torch.Generator().manual_seed(1)
@@ -267,6 +286,24 @@ def test_peak_loss_penalises_a_peak_off_the_seed():
                             active.expand(3, 1), 0.1), (z,))
 
 
+def test_zone_scaled_peak_loss_counts_a_weak_patch_like_a_strong_one():
+    """scale="zone": the hinge of a patch depends on its zone only, not on ‖x̂‖∞."""
+    weak = torch.tensor([[0.0, 0.01, 0.02, 0.0, 1.5, 0.0]])  # strong source elsewhere
+    seeds = torch.tensor([[1]])
+    zones = torch.tensor([[[True, False, True, True, False, False]]])  # 2 peaks, not 1
+    active = torch.tensor([[True]])
+    local = float(peak_loss(weak, seeds, zones, active, 0.02, scale="zone"))
+    assert local == pytest.approx(0.5, abs=1e-3)  # (m − v) / max over zone = 1 − 0.5
+    assert float(peak_loss(weak, seeds, zones, active, 0.02)) < 0.02  # global: lost in δ
+    assert float(peak_loss(weak * 7, seeds, zones, active, 0.02, "zone")) == pytest.approx(local)
+    faint = weak.clone()
+    faint[0, 4] = 20.0  # the zone below 1 % of the maximum: scaled as if it were 1 %
+    assert float(peak_loss(faint, seeds, zones, active, 0.02, "zone")) == pytest.approx(
+        0.02 * np.log1p(np.exp(0.01 / (0.02 * 0.2))), rel=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        peak_loss(weak, seeds, zones, active, scale="max")
+
+
 def test_recipe_rejects_unknown_keys(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"optim": {"n_step": 3}}))
@@ -404,7 +441,7 @@ def test_residual_phase_resumes_a_one_pass_run_with_the_first_pass_frozen(tmp_pa
     one_pass.write_text(json.dumps({**common, "start": {"hidden": 16, "depth": 1}}))
     two_pass.write_text(json.dumps({**common, "start": {"hidden": 16, "depth": 1,
                                                          "refinements": 1},
-                                    "optim": {**common["optim"], "refine_steps": 3}}))
+                                    "refine": {"steps": 3}}))
     out = tmp_path / "m"
     recipe_mod.main([str(one_pass), "--fwd", str(fname), "--out", str(out)])
     first = torch.load(out / recipe_mod.CKPT, weights_only=False)["net"]
@@ -417,6 +454,6 @@ def test_residual_phase_resumes_a_one_pass_run_with_the_first_pass_frozen(tmp_pa
     pipe, config = load_model(out)
     assert config["start"]["refinements"] == 1 and config["trained"]["steps"] == 5
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**common, "optim": {"n_steps": 2, "refine_steps": 1}}))
+    bad.write_text(json.dumps({**common, "refine": {"steps": 1}}))
     with pytest.raises(ValueError, match="refinements"):
         recipe_mod.load_recipe(bad)

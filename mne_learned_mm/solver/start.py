@@ -323,16 +323,16 @@ def start_loss(x, x_hat, background_weight=0.5):
     return (1 - cos + background_weight * share).mean()
 
 
-def peak_loss(x_hat, seeds, zones, active, smoothing=0.02):
+def peak_loss(x_hat, seeds, zones, active, smoothing=0.02, scale="global", floor=0.01):
     """Soft hinge that puts each patch's peak on its seed.
 
     For a patch with seed ``s`` and search zone ``Z`` (the localization
     metric's: the seed's neighbour rings minus the other patches' sources),
-    with ``v = |x̂_s| / ‖x̂‖∞`` and ``m = max_{z ∈ Z∖s} |x̂_z| / ‖x̂‖∞`` the
-    loss is ``δ · softplus((m − v) / δ)``: about ``m − v`` when the peak
-    is elsewhere and about 0 when it is on the seed by more than a few
-    ``δ``. The cosine alone barely sees a peak one ring off (a Gaussian
-    patch is nearly flat near its seed).
+    with ``v = |x̂_s| / c`` and ``m = max_{z ∈ Z∖s} |x̂_z| / c`` the loss is
+    ``δ · softplus((m − v) / δ)``: about ``m − v`` when the peak is elsewhere
+    and about 0 when it is on the seed by more than a few ``δ``. The cosine
+    alone barely sees a peak one ring off (a Gaussian patch is nearly flat
+    near its seed).
 
     Parameters
     ----------
@@ -343,16 +343,30 @@ def peak_loss(x_hat, seeds, zones, active, smoothing=0.02):
     active : Tensor of bool, shape (n, k)
         Which of the ``k`` patches exist.
     smoothing : float
-        ``δ``, in units of ``‖x̂‖∞``.
+        ``δ``, in units of ``c``.
+    scale : {"global", "zone"}
+        ``c``: ``‖x̂‖∞`` (a weak patch's peak counts little) or the largest
+        magnitude in the patch's zone and seed, at least ``floor · ‖x̂‖∞``
+        (every patch that shows counts alike, as in the localization error,
+        which looks at the zone only).
+    floor : float
+        See ``scale``: a zone below it counts as activity of that size (the
+        gradient of an all but empty zone would swamp the others).
 
     Returns
     -------
     loss : Tensor, shape ()
         Mean over the active patches.
     """
+    tiny = torch.finfo(x_hat.dtype).tiny
     mag = x_hat.abs()
-    mag = mag / mag.amax(1, keepdim=True).clamp_min(torch.finfo(x_hat.dtype).tiny)
     at_seed = mag.gather(1, seeds)
     elsewhere = torch.where(zones, mag[:, None], 0).amax(2)
-    hinge = smoothing * nn.functional.softplus((elsewhere - at_seed) / smoothing)
+    c = mag.amax(1, keepdim=True)
+    if scale == "zone":
+        c = torch.maximum(torch.maximum(at_seed, elsewhere), floor * c)
+    elif scale != "global":
+        raise ValueError(f"scale must be 'global' or 'zone', got {scale!r}")
+    c = c.clamp_min(tiny)
+    hinge = smoothing * nn.functional.softplus((elsewhere - at_seed) / (smoothing * c))
     return hinge[active].mean() if bool(active.any()) else hinge.sum() * 0

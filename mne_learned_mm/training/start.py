@@ -51,9 +51,6 @@ class Optimisation:
         Topographies per step.
     n_steps : int
         Steps of the first pass (the cosine learning-rate schedule spans them).
-    refine_steps : int
-        Steps of the residual passes afterwards (``start.refinements`` of
-        them), with the first pass frozen and a schedule of their own.
     lr : float
         Peak AdamW learning rate.
     weight_decay : float
@@ -74,7 +71,6 @@ class Optimisation:
 
     batch_size: int = 256
     n_steps: int = 20000
-    refine_steps: int = 0
     lr: float = 1e-3
     weight_decay: float = 1e-4
     background_weight: float = 0.5
@@ -86,6 +82,31 @@ class Optimisation:
 
 
 @dataclasses.dataclass
+class Refinement:
+    """The second phase: the residual passes, with the first pass frozen.
+
+    The other settings (learning rate, losses, channel subsets, whitening,
+    the bank's draws) are the first phase's.
+
+    Attributes
+    ----------
+    steps : int
+        Steps of the residual passes (``start.refinements`` of them), with a
+        cosine schedule of their own; 0: no second phase.
+    balance : float
+        :attr:`~mne_learned_mm.simulation.bank.BankConfig.balance` of this
+        phase's mixtures.
+    peak_scale : {"global", "zone"}
+        ``scale`` of :func:`~mne_learned_mm.solver.start.peak_loss` in this
+        phase.
+    """
+
+    steps: int = 0
+    balance: float = 0.0
+    peak_scale: str = "global"
+
+
+@dataclasses.dataclass
 class Recipe:
     """Everything that builds a model (one concern per field).
 
@@ -94,6 +115,7 @@ class Recipe:
     bank : BankConfig
     start : StartConfig
     optim : Optimisation
+    refine : Refinement
     orders : tuple of int
         Patch orders in the bank.
     profiles : tuple of str
@@ -113,6 +135,7 @@ class Recipe:
     bank: BankConfig = dataclasses.field(default_factory=BankConfig)
     start: StartConfig = dataclasses.field(default_factory=StartConfig)
     optim: Optimisation = dataclasses.field(default_factory=Optimisation)
+    refine: Refinement = dataclasses.field(default_factory=Refinement)
     orders: tuple = (0, 5)
     profiles: tuple = ("gaussian", "wide")
     mm_from: str = None
@@ -124,15 +147,16 @@ class Recipe:
     @classmethod
     def from_dict(cls, d):
         """Recipe from its JSON form (unknown keys are an error)."""
-        parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation}
+        parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation,
+                 "refine": Refinement}
         d = dict(d)
         kwargs = {k: _dataclass(parts[k], d.pop(k, {}), k) for k in parts}
         bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if bad:
             raise ValueError(f"Unknown recipe key(s) {bad}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        if kwargs["optim"].refine_steps > 0 and kwargs["start"].refinements < 1:
-            raise ValueError("optim.refine_steps > 0 needs start.refinements >= 1")
+        if kwargs["refine"].steps > 0 and kwargs["start"].refinements < 1:
+            raise ValueError("refine.steps > 0 needs start.refinements >= 1")
         return cls(**kwargs, **d)
 
     def to_dict(self):
@@ -289,14 +313,17 @@ def patch_zones(bank, which, amplitude):
 def _step_loss(net, bank, gen, recipe, operators, device, refine):
     optim = recipe.optim
     T, L, K = operators
-    y, x, which, amp = bank.sample(gen, optim.batch_size, recipe.bank, transform=T,
+    config = dataclasses.replace(recipe.bank, balance=recipe.refine.balance) if refine \
+        else recipe.bank
+    y, x, which, amp = bank.sample(gen, optim.batch_size, config, transform=T,
                                    return_patches=True)
     x_hat = net(y.to(device), L.to(device), K.to(device), refine=refine)
     loss = start_loss(x.to(device), x_hat, optim.background_weight)
     if optim.peak_weight > 0:
         seeds, zones, active = patch_zones(bank, which, amp)
-        loss = loss + optim.peak_weight * peak_loss(x_hat, seeds.to(device), zones.to(device),
-                                                    active.to(device))
+        loss = loss + optim.peak_weight * peak_loss(
+            x_hat, seeds.to(device), zones.to(device), active.to(device),
+            scale=recipe.refine.peak_scale if refine else "global")
     return loss
 
 
@@ -304,7 +331,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     """Fit the start network (resumes from ``out`` when a checkpoint is there).
 
     Two phases: the first pass for ``optim.n_steps`` steps, then the residual
-    passes for ``optim.refine_steps`` steps with the first pass frozen. A
+    passes for ``refine.steps`` steps with the first pass frozen. A
     checkpoint of a network without residual passes resumes into the second
     phase.
 
@@ -344,7 +371,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     t_run = time.perf_counter()
     t_ckpt = t_eval = t_run
     minutes0 = state["minutes"]
-    total = recipe.optim.n_steps + recipe.optim.refine_steps
+    total = recipe.optim.n_steps + recipe.refine.steps
     phase = None
     for step in ProgressBar(range(state["step"], total), mesg="start network"):
         if _phase(recipe, step) != phase:
@@ -393,7 +420,7 @@ def _optimiser(net, recipe, phase):
     net.refine.requires_grad_(phase == 1)
     params = net.net.parameters() if phase == 0 else net.refine.parameters()
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
-    return opt, _schedule(opt, optim.n_steps if phase == 0 else optim.refine_steps)
+    return opt, _schedule(opt, optim.n_steps if phase == 0 else recipe.refine.steps)
 
 
 def _load_network(net, state):
@@ -499,12 +526,12 @@ def main(argv=None):
         return
     network, state = train_start(recipe, fwd, args.out, device=device,
                                  max_minutes=args.max_minutes)
-    if state["step"] >= recipe.optim.n_steps + recipe.optim.refine_steps:
+    if state["step"] >= recipe.optim.n_steps + recipe.refine.steps:
         build_model(recipe, network, state, fwd, args.out, str(device))
         logger.info(f"Model written to {args.out}")
     else:
         logger.info(f"Stopped at step {state['step']}/"
-                    f"{recipe.optim.n_steps + recipe.optim.refine_steps}; run again "
+                    f"{recipe.optim.n_steps + recipe.refine.steps}; run again "
                     "to resume")
 
 
