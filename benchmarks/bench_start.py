@@ -8,7 +8,10 @@ samples, at the array level (average-referenced data, no noise covariance:
 what :func:`mne_learned_mm.apply_learned_mm` does without one). Prints one row
 per model and iteration count: LE, AUC, PSNR, TE (mean ± sd), and the mean
 paired difference to the start alone (± its standard error) for LE and AUC,
-then the solve time per sample.
+then the solve time per sample. ``--by-share`` adds, per model, the LE of each
+patch by its share of the clean data's power, and the same with the other
+patches' true contribution subtracted from the data (how well the patch is
+found once nothing masks it: what the noise alone allows).
 """
 
 import argparse
@@ -18,7 +21,7 @@ import numpy as np
 import torch
 
 from mne_learned_mm.evaluation.benchmark import _load_forward, _subset_info
-from mne_learned_mm.evaluation.metrics import compute_metrics
+from mne_learned_mm.evaluation.metrics import compute_metrics, localization_error, seed_zone
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
 
@@ -49,6 +52,47 @@ def _score(pipe, ds, items, batch):
     return {k: np.array([r[k] for r in rows]) for k in METRICS}, 1e3 * seconds / len(items)
 
 
+SHARES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.01)
+
+
+def _patch_parts(it, L):
+    """Each patch's sources and its share of the clean data's power."""
+    parts = []
+    for p in it["patches"]:
+        Xj = np.zeros_like(it["X"])
+        Xj[p] = it["X"][p]
+        parts.append(Xj)
+    clean = np.linalg.norm(L @ it["X"]) ** 2
+    return parts, [np.linalg.norm(L @ Xj) ** 2 / clean for Xj in parts]
+
+
+def _solve_one(pipe, Y, L):
+    with torch.no_grad():
+        return pipe.solve(torch.as_tensor(Y[None]), torch.as_tensor(L))[0][0].double().numpy()
+
+
+def by_share(pipe, ds, items):
+    """Rows: share bin, patches, LE, LE with the other patches subtracted."""
+    geo, L = ds.geometry, ds.L
+    rows = []
+    for it in items:
+        X_hat = _solve_one(pipe, it["Y"], L)
+        parts, shares = _patch_parts(it, L)
+        for seed, Xj, share in zip(it["seeds"], parts, shares):
+            zone = seed_zone(geo.adjacency, seed, it["patches"])
+            alone = _solve_one(pipe, it["Y"] - L @ (it["X"] - Xj), L) if share < 1 else X_hat
+            rows.append((share, localization_error(it["X"], X_hat, seed, geo.pos, zone),
+                         localization_error(Xj, alone, seed, geo.pos, zone)))
+    rows = np.array(rows)
+    out = []
+    for lo, hi in zip(SHARES[:-1], SHARES[1:]):
+        sel = (rows[:, 0] >= lo) & (rows[:, 0] < hi)
+        if sel.any():
+            out.append((f"{lo:g}-{min(hi, 1):g}", int(sel.sum()), rows[sel, 1].mean(),
+                        rows[sel, 2].mean()))
+    return out + [("all", len(rows), rows[:, 1].mean(), rows[:, 2].mean())]
+
+
 def _fmt(v):
     return f"{np.nanmean(v):.2f} ± {np.nanstd(v):.2f}"
 
@@ -70,6 +114,8 @@ def main():
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")
     parser.add_argument("--n-threads", type=int, default=1)
+    parser.add_argument("--by-share", action="store_true",
+                        help="LE per patch by its share of the data's power (start alone)")
     args = parser.parse_args()
     if args.n < 1:
         parser.error("--n must be >= 1")
@@ -94,6 +140,14 @@ def main():
                      for k in ("LE", "AUC")]
             print(f"| {name} | {n_iter} | " + " | ".join(_fmt(scores[k]) for k in METRICS)
                   + f" | {delta[0]} | {delta[1]} | {ms:.1f} |", flush=True)
+    if args.by_share:
+        print("\n| model | patch's share of the data power | patches | LE (mm) "
+              "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")
+        for spec in args.model:
+            name, _, model = spec.partition("=")
+            pipe, _ = load_model(model, n_iter=0, max_rank=args.max_rank)
+            for label, count, le, alone in by_share(pipe, ds, items):
+                print(f"| {name} | {label} | {count} | {le:.2f} | {alone:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
