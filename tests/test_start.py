@@ -9,7 +9,7 @@ import torch
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SourceGeometry, make_leadfield
 from mne_learned_mm.simulation.bank import BankConfig, PatchBank
-from mne_learned_mm.solver.init import normalise_problem
+from mne_learned_mm.solver.init import fitted_scale, normalise_problem
 from mne_learned_mm.solver.start import (
     StartConfig,
     StartNetwork,
@@ -18,7 +18,6 @@ from mne_learned_mm.solver.start import (
     denoise,
     gavish_donoho_rank,
     peak_loss,
-    residual,
     singular_pairs,
     start_loss,
     temporal_components,
@@ -138,7 +137,7 @@ def _random_operator(n=12, s=50, seed=0):
 
 
 def _trained_looking(net):
-    """Give the residual passes a non-zero last layer (an untrained one adds nothing)."""
+    """Residual passes unlike the first (training starts them as copies)."""
     torch.manual_seed(7)
     for g in net.refine:
         torch.nn.init.normal_(g[-1].weight, std=0.3)
@@ -153,6 +152,7 @@ def test_start_network_is_sign_equivariant():
     y = torch.randn(7, 12, dtype=torch.float64)
     torch.testing.assert_close(net(-y, L, K), -net(y, L, K), rtol=0, atol=0)
     torch.testing.assert_close(net(3.0 * y, L, K), net(y, L, K))  # scale-free input
+    torch.testing.assert_close(net(-0.5 * y, L, K), -net(y, L, K))
     assert torch.equal(canonical_sign(torch.tensor([[1.0, -3.0], [0.0, 0.0]])),
                        torch.tensor([-1.0, 1.0]))
 
@@ -165,18 +165,29 @@ def test_start_network_gradcheck():
     assert torch.autograd.gradcheck(lambda v: net.double()(v, L, K), (y,))
 
 
-def test_residual_pass_starts_as_the_first_pass():
-    """An untrained residual pass returns the first pass's pattern, normalised."""
+def test_residual_pass_is_a_fitted_deflation():
+    """x₂ = α x₁ + β g(K r), r = y − α L x₁: both amplitudes least squares; never a worse fit."""
     torch.manual_seed(2)
     L, K = _random_operator()
-    net = StartNetwork(50, StartConfig(hidden=16, depth=2, refinements=2)).double()
+    net = _trained_looking(StartNetwork(50, StartConfig(hidden=16, depth=2, refinements=1)))
+    net = net.double()
     y = torch.randn(4, 12, dtype=torch.float64)
-    first = net(y, L, K, refine=False)
-    torch.testing.assert_close(net(y, L, K), first / first.norm(dim=1, keepdim=True))
-    r = residual(y, L, first)  # orthogonal to the fit, the data where nothing fits
-    torch.testing.assert_close((r * (first @ L.T)).sum(1), torch.zeros(4, dtype=torch.float64),
-                               atol=1e-12, rtol=0)
-    torch.testing.assert_close(residual(y, L, torch.zeros_like(first)), y)
+    y = y / (y @ K.T).norm(dim=1, keepdim=True)
+    x1 = net(y, L, K, refine=False)
+    alpha = fitted_scale(y, x1 @ L.T)[:, None]
+    r = y - alpha * (x1 @ L.T)
+    zr = r @ K.T
+    sign = torch.where(zr.gather(1, zr.abs().argmax(1, keepdim=True)) < 0, -1.0, 1.0)
+    d = sign * net.refine[0](sign * zr / zr.norm(dim=1, keepdim=True))
+    beta = fitted_scale(r, d @ L.T)[:, None]
+    x2 = net(y, L, K)
+    torch.testing.assert_close(x2, alpha * x1 + beta * d)
+    misfit = [(y - fitted_scale(y, x @ L.T)[:, None] * (x @ L.T)).norm(dim=1) for x in (x1, x2)]
+    assert torch.all(misfit[1] <= misfit[0] + 1e-12)
+    net.copy_first_pass()
+    for a_, b_ in zip(net.refine[0].parameters(), net.net.parameters()):
+        assert torch.equal(a_, b_)
+    assert torch.equal(fitted_scale(y, torch.zeros_like(y)), torch.zeros(4, dtype=torch.float64))
 
 
 def test_gavish_donoho_rank_finds_the_signal_rank():
@@ -450,7 +461,8 @@ def test_residual_phase_resumes_a_one_pass_run_with_the_first_pass_frozen(tmp_pa
     assert ck["state"]["step"] == 5 and ck["phase"] == 1
     for k, v in first.items():
         torch.testing.assert_close(ck["net"][k], v, rtol=0, atol=0)  # frozen
-    assert float(ck["net"]["refine.0.2.weight"].abs().max()) > 0  # trained from zero
+    assert not torch.equal(ck["net"]["refine.0.0.weight"], first["net.0.weight"])  # trained
+    # (from a copy of the first pass)
     pipe, config = load_model(out)
     assert config["start"]["refinements"] == 1 and config["trained"]["steps"] == 5
     bad = tmp_path / "bad.json"

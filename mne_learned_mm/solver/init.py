@@ -165,8 +165,17 @@ def strongest_blob(X, neighbours, keep_fraction=0.05):
     return neighbours[peak] & (energy >= keep_fraction * energy.gather(1, peak[:, None]))
 
 
-def _fitted_scale(Y, P):
-    """Least-squares ``a`` per sample with ``Y ≈ a P``."""
+def fitted_scale(Y, P):
+    """Least-squares ``a`` per sample with ``Y ≈ a P`` (0 where ``P = 0``).
+
+    Parameters
+    ----------
+    Y, P : Tensor, shape (n_batch, ...)
+
+    Returns
+    -------
+    a : Tensor, shape (n_batch,)
+    """
     dims = tuple(range(1, Y.dim()))
     return (Y * P).sum(dims) / P.square().sum(dims).clamp_min(torch.finfo(P.dtype).tiny)
 
@@ -197,8 +206,8 @@ def deflation_start(Y, L, X, solve, neighbours, keep_fraction=0.05):
     """
     blob = strongest_blob(X, neighbours, keep_fraction)[..., None]
     X_blob = X * blob
-    a = _fitted_scale(Y, L @ X_blob)[:, None, None]
+    a = fitted_scale(Y, L @ X_blob)[:, None, None]
     R = Y - a * (L @ X_blob)
     X_rest = solve(R, L)
-    b = _fitted_scale(R, L @ X_rest)[:, None, None]
+    b = fitted_scale(R, L @ X_rest)[:, None, None]
     return unit_frobenius(torch.where(blob, a * X, b * X_rest))

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .._docs import fill_doc
-from .init import tikhonov_operator, unit_frobenius
+from .init import fitted_scale, tikhonov_operator
 
 
 @dataclass
@@ -43,8 +43,7 @@ class StartConfig:
     max_rank : int
         Most temporal components kept.
     refinements : int
-        Residual passes after the first (each an MLP of the same width and
-        depth on the image, the current pattern and its residual image).
+        Residual passes after the first (see :class:`StartNetwork`).
     """
 
     hidden: int = 1024
@@ -58,11 +57,14 @@ class StartNetwork(nn.Module):
     """Sign-equivariant spatial network ``y ↦ x`` (one topography at a time).
 
     The first pass maps the normalised sLORETA image ``z = K y`` to a
-    pattern ``x₁``; each residual pass ``k`` adds a correction from
-    ``[z, x̂, K r]``, with ``x̂ = x_{k−1}/‖x_{k−1}‖`` and ``r = y − α L x̂``
-    the residual of the least-squares fit (``α = ⟨y, L x̂⟩ / ‖L x̂‖²``):
-    ``x_k = x̂ + g_k([z, x̂, K r])``. Its last layer starts at zero, so an
-    untrained pass returns the previous pattern.
+    pattern ``x₁ = f(z)``. Each residual pass ``k`` explains what the
+    previous pattern leaves: with ``r = y − α L x_{k−1}`` the residual of its
+    least-squares fit (``α = ⟨y, L x⟩ / ‖L x‖²``), the pass maps the residual's
+    image ``K r`` to a pattern ``d = g_k(K r)`` and adds it with its own
+    least-squares amplitude: ``x_k = α x_{k−1} + β d``, ``β = ⟨r, L d⟩ / ‖L d‖²``
+    (a learned deflation: in the residual, a weak patch is no longer masked by
+    the strong one). Each ``g_k`` is an MLP of the first pass's shape; training
+    starts it as a copy of ``f``.
 
     Parameters
     ----------
@@ -74,11 +76,8 @@ class StartNetwork(nn.Module):
         super().__init__()
         self.config = cfg = StartConfig() if config is None else config
         self.net = _mlp(n_sources, cfg.hidden, cfg.depth, n_sources)
-        self.refine = nn.ModuleList(_mlp(3 * n_sources, cfg.hidden, cfg.depth, n_sources)
+        self.refine = nn.ModuleList(_mlp(n_sources, cfg.hidden, cfg.depth, n_sources)
                                     for _ in range(cfg.refinements))
-        for g in self.refine:
-            nn.init.zeros_(g[-1].weight)
-            nn.init.zeros_(g[-1].bias)
 
     def forward(self, y, L, K, refine=True):
         """Source pattern of each topography.
@@ -97,17 +96,31 @@ class StartNetwork(nn.Module):
         Returns
         -------
         x : Tensor, shape (n, n_sources)
-            Source patterns (unit-free), ``x(−y) = −x(y)``.
+            Source patterns (unit-free), ``x(c y) = sign(c) x(y)``.
         """
         z = y @ K.T
-        sign = canonical_sign(z)[:, None]
-        norm = z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-        z, y = sign * z / norm, sign * y / norm
-        x = self.net(z)
-        for g in self.refine if refine else ():
-            x = unit_frobenius(x)
-            x = x + g(torch.cat([z, x, residual(y, L, x) @ K.T], dim=1))
-        return sign * x
+        x = _odd(self.net, z)
+        if not refine or not len(self.refine):
+            return x
+        y = y / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        for g in self.refine:
+            alpha = fitted_scale(y, x @ L.T)[:, None]
+            r = y - alpha * (x @ L.T)
+            d = _odd(g, r @ K.T)
+            x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
+        return x
+
+    def copy_first_pass(self):
+        """Start every residual pass as a copy of the first pass."""
+        for g in self.refine:
+            g.load_state_dict(self.net.state_dict())
+
+
+def _odd(mlp, z):
+    """``mlp`` made odd: applied to ``z`` at unit norm with its canonical sign."""
+    sign = canonical_sign(z)[:, None]
+    z = sign * z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+    return sign * mlp(z)
 
 
 def _mlp(n_in, hidden, depth, n_out):
@@ -117,26 +130,6 @@ def _mlp(n_in, hidden, depth, n_out):
         layers += [nn.Linear(a, b), nn.GELU()]
     layers.append(nn.Linear(sizes[-1], n_out))
     return nn.Sequential(*layers)
-
-
-def residual(y, L, x):
-    """Residual ``y − α L x`` of each least-squares fit ``α = ⟨y, L x⟩ / ‖L x‖²``.
-
-    Parameters
-    ----------
-    y : Tensor, shape (n, n_sensors)
-    L : Tensor, shape (n_sensors, n_sources)
-    x : Tensor, shape (n, n_sources)
-
-    Returns
-    -------
-    r : Tensor, shape (n, n_sensors)
-        Orthogonal to ``L x`` (``y`` where ``L x = 0``).
-    """
-    Lx = x @ L.T
-    alpha = (y * Lx).sum(1, keepdim=True) / Lx.square().sum(1, keepdim=True).clamp_min(
-        torch.finfo(y.dtype).tiny)
-    return y - alpha * Lx
 
 
 def canonical_sign(z):

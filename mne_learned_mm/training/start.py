@@ -331,7 +331,8 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     """Fit the start network (resumes from ``out`` when a checkpoint is there).
 
     Two phases: the first pass for ``optim.n_steps`` steps, then the residual
-    passes for ``refine.steps`` steps with the first pass frozen. A
+    passes for ``refine.steps`` steps, each starting as a copy of the first
+    pass, with the first pass frozen. A
     checkpoint of a network without residual passes resumes into the second
     phase.
 
@@ -380,6 +381,8 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
             if ck is not None and ck.get("phase", 0) == phase and step == state["step"]:
                 opt.load_state_dict(ck["opt"])
                 sched.load_state_dict(ck["sched"])
+            elif phase == 1:
+                net.copy_first_pass()
         _, T, L = step_operator(bank, gen, recipe.optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
         loss = _step_loss(net, bank, gen, recipe, (T, L, K), device, refine=phase == 1)
@@ -424,11 +427,13 @@ def _optimiser(net, recipe, phase):
 
 
 def _load_network(net, state):
-    """Checkpoint weights; residual passes missing from it keep their initial zero output."""
+    """Checkpoint weights; missing residual passes (a one-pass run's) copy the first pass."""
     missing, unexpected = net.load_state_dict(state, strict=False)
     bad = unexpected + [k for k in missing if not k.startswith("refine.")]
     if bad:
         raise ValueError(f"Checkpoint does not match the recipe's start network: {bad[:3]}")
+    if missing:
+        net.copy_first_pass()
 
 
 def build_model(recipe, network, state, fwd, out, device_name):
