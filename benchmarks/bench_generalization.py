@@ -211,17 +211,11 @@ def main():
                         choices=list(SCENARIOS))
     parser.add_argument("--methods", nargs="+", default=["learned_mm", "sLORETA", "eLORETA"])
     parser.add_argument("--model", default=None, help="model of learned_mm")
-    parser.add_argument("--deflate", action="store_true",
-                        help="also run learned_mm with deflate=True (as 'learned_mm_deflate')")
     parser.add_argument("--out", default="generalization.json")
     args = parser.parse_args()
     mne.set_log_level("ERROR")
     opts = {"learned_mm": {"model": args.model}} if args.model else {}
     methods = {m: make_method(m, **opts.get(m, {})) for m in args.methods}
-    if args.deflate:
-        methods["learned_mm_deflate"] = make_method(
-            "learned_mm", **opts.get("learned_mm", {}), deflate=True)
-        args.methods.append("learned_mm_deflate")
     cache, results = {}, {}
     with _thread_limit(1):
         for name in args.scenarios:

@@ -22,7 +22,7 @@ from mne.proj import make_eeg_average_ref_proj, make_projector
 from mne.utils import fill_doc, logger, verbose, warn
 
 from ._config import check_device, check_n_jobs
-from ._forward import fixed_surface_forward, ring_hops, source_adjacency
+from ._forward import fixed_surface_forward
 from .pretrained import DEFAULT_MODEL, load_model
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
@@ -34,7 +34,7 @@ MIN_CHANNELS = 3
 FEW_CHANNELS = 16
 _BOUNDS = ("analytic", "hvp", "min", "none", "scaled")
 #: Parameters that :meth:`LearnedMMInverse.fit` uses; changing one needs a new fit.
-_FIT_PARAMS = ("model", "n_iter", "bound", "device", "deflate")
+_FIT_PARAMS = ("model", "n_iter", "bound", "device")
 
 
 @fill_doc
@@ -61,13 +61,6 @@ class LearnedMMInverse:
         Where to solve. ``"auto"`` uses a GPU when available.
     batch_size : int
         Number of epochs solved at once.
-    deflate : bool
-        Solve twice: once, then from the strongest source blob plus a solve
-        of the residual data, with the MM iterations on the data (see
-        :func:`~mne_learned_mm.solver.init.deflation_start`). Weaker sources
-        beside a strong one are localised better, at three times the cost and
-        with some spurious activity when there is only one source (measured
-        in ``benchmarks/RESULTS.md``, seventh session).
     n_jobs : int | None
         Number of CPU threads torch uses during :meth:`apply` (MNE's
         convention: ``None`` is 1 unless ``MNE_N_JOBS`` is set, ``-1`` all
@@ -110,13 +103,12 @@ class LearnedMMInverse:
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
-                 batch_size=64, deflate=False, n_jobs=None, verbose=None):
+                 batch_size=64, n_jobs=None, verbose=None):
         self.model = model
         self.n_iter = n_iter
         self.bound = bound
         self.device = device
         self.batch_size = batch_size
-        self.deflate = deflate
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -150,7 +142,7 @@ class LearnedMMInverse:
         """Set the estimator's parameters.
 
         Changing a parameter that :meth:`fit` uses (``model``, ``n_iter``,
-        ``bound``, ``device``, ``deflate``) on a fitted estimator makes
+        ``bound``, ``device``) on a fitted estimator makes
         :meth:`apply` refuse until :meth:`fit` is called again;
         ``batch_size``, ``n_jobs`` and ``verbose`` take effect at once.
 
@@ -271,8 +263,6 @@ class LearnedMMInverse:
         self.noise_cov_ = noise_cov
         self._gain_cache = None
         self.sfreq_model_ = float(self.config_["sfreq"])
-        self.neighbours_ = (_ring_neighbours(self.fwd_).to(self.device_) if self.deflate
-                            else None)  # on the solve's device once, not per batch
         self._fit_params = {k: self.get_params()[k] for k in _FIT_PARAMS}
         return self
 
@@ -402,7 +392,7 @@ class LearnedMMInverse:
         for start in range(0, len(Y), batch_size):
             Yb = torch.as_tensor(Y[start:start + batch_size], dtype=torch.float32,
                                  device=self.device_)
-            X, history = self.solver_.solve(Yb, L, neighbours=self.neighbours_)
+            X, history = self.solver_.solve(Yb, L)
             out.append(X.detach().cpu().double().numpy())
             hist.append(history.as_numpy())
         self.history_ = _merge_histories(hist)
@@ -426,7 +416,7 @@ class LearnedMMInverse:
 
 @verbose
 def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=None,
-                     bound=None, device="auto", batch_size=64, deflate=False, n_jobs=None,
+                     bound=None, device="auto", batch_size=64, n_jobs=None,
                      return_residual=False, verbose=None):
     """Estimate sources with the learned MM solver.
 
@@ -452,9 +442,6 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
         Where to solve.
     batch_size : int
         Number of epochs solved at once.
-    deflate : bool
-        Solve a second time after removing the strongest source (see
-        :class:`~mne_learned_mm.LearnedMMInverse`).
     n_jobs : int | None
         CPU threads (see :class:`~mne_learned_mm.LearnedMMInverse`).
     return_residual : bool
@@ -474,24 +461,12 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
     start alone vs ``n_iter=10``, focal sources).
     """
     inv = LearnedMMInverse(model=model, n_iter=n_iter, bound=bound, device=device,
-                           batch_size=batch_size, deflate=deflate, n_jobs=n_jobs)
+                           batch_size=batch_size, n_jobs=n_jobs)
     inv.fit(fwd, noise_cov)
     return inv.apply(inst, return_residual=return_residual)
 
 
 # -- helpers -----------------------------------------------------------------
-_DEFLATION_RINGS = 4  # neighbourhood of the strongest blob, in mesh rings (patch orders 1-5)
-
-
-def _ring_neighbours(fwd, n_rings=_DEFLATION_RINGS):
-    """Sources within ``n_rings`` edges of each other on the source-space mesh."""
-    with mne.utils.use_log_level("warning"):  # no line about holes in use_tris
-        adjacency = source_adjacency(fwd["src"])
-    hops = ring_hops(adjacency, n_rings)
-    hops.data[:] = 1  # every stored entry is within n_rings (the source itself is a 0)
-    return torch.as_tensor(hops.toarray().astype(bool))
-
-
 def _restrict_to_model(fwd, config):
     subject = fwd["src"]._subject
     if config.get("subject") and subject != config["subject"]:

@@ -230,38 +230,24 @@ class SolverPipeline:
         self.init_reg = init_reg
         self.start_network = start_network
 
-    def solve(self, Y, L, neighbours=None, keep_fraction=0.05):
+    def solve(self, Y, L):
         """Solve a batch.
 
         Parameters
         ----------
         Y : Tensor, shape (n_batch, n_sensors, n_times)
         L : Tensor, shape (n_sensors, n_sources)
-        neighbours : Tensor of bool, shape (n_sources, n_sources) | None
-            Deflation: solve once, then again from
-            :func:`~mne_learned_mm.solver.init.deflation_start` (the
-            strongest blob, within these neighbourhoods, plus a solve of the
-            residual data), with the MM iterations on ``Y``. ``None``: one
-            solve.
-        keep_fraction : float
-            See :func:`~mne_learned_mm.solver.init.strongest_blob`.
 
         Returns
         -------
         X : Tensor, shape (n_batch, n_sources, n_times)
         history : mne_learned_mm.solver.mm.SolverHistory
-            Of the last solve.
         """
-        from .solver.init import deflation_start, unit_frobenius
+        from .solver.init import unit_frobenius
 
         Y, L = unit_frobenius(Y), self._normalised_leadfield(L)
         with torch.no_grad():
-            X, history = self._solve_normalised(Y, L)
-            if neighbours is None:
-                return X, history
-            X0 = deflation_start(Y, L, X, lambda R, L_: self.solve(R, L_)[0],
-                                 neighbours.to(X.device), keep_fraction)
-            return self.module(Y, L, X0=X0)
+            return self._solve_normalised(Y, L)
 
     def start(self, Y, L):
         """The solve's starting point ``X0`` (e.g. ``Φ(K Y)``).

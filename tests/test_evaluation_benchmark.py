@@ -281,28 +281,6 @@ def test_learned_mm_through_registry(fwd_default, monkeypatch):
     assert values["found"][0] == 100
 
 
-def test_deflate_reaches_the_learned_method(fwd_default, monkeypatch):
-    pytest.importorskip("mne_learned_mm.inverse")
-    method = make_method("learned_mm", deflate=True)
-    assert method.deflate and "deflate=True" in repr(method)
-    assert not make_method("learned_mm").deflate
-    seen = []
-
-    class Stop(Exception):
-        pass
-
-    def stop(*args, **kwargs):
-        raise Stop
-
-    monkeypatch.setattr(benchmark_mod, "_make_methods",
-                        lambda names, options: seen.append(options) or {})
-    monkeypatch.setattr(benchmark_mod, "_load_forward", lambda fname: None)
-    monkeypatch.setattr(benchmark_mod, "run_benchmark", stop)
-    with pytest.raises(Stop):
-        benchmark_mod.main(["--methods", "learned_mm", "--deflate", "--n", "1"])
-    assert seen[0]["learned_mm"]["deflate"] and seen[0]["4dvarnet"]["deflate"]
-
-
 # -- the benchmark CLI advertises what exists (issue 19, item 12) ---------------------
 def test_cli_advertises_only_models_here(capsys):
     from mne_learned_mm.evaluation.benchmark import _parser, default_models_here

@@ -1,16 +1,11 @@
-"""Starting points: the Tikhonov operator, the one start function, deflation."""
+"""Starting points: the Tikhonov operator, the one start function."""
 
 import numpy as np
 import pytest
 import torch
 
 from mne_learned_mm.solver import LearnedMM
-from mne_learned_mm.solver.init import (
-    deflation_start,
-    initial_point,
-    strongest_blob,
-    tikhonov_operator,
-)
+from mne_learned_mm.solver.init import initial_point, tikhonov_operator
 
 
 def _problem(n=12, s=30, b=3, t=5, seed=0):
@@ -80,59 +75,3 @@ def test_sloreta_operator_standardises_and_locates_single_sources():
     torch.testing.assert_close(stacked[1], Ks / 3)  # scale free
     with pytest.raises(ValueError, match="operator must be one of"):
         tikhonov_operator(L, reg, "dspm")
-
-
-def _chain_neighbours(s, radius):
-    idx = torch.arange(s)
-    return (idx[:, None] - idx[None, :]).abs() <= radius
-
-
-def test_strongest_blob_is_the_peak_neighbourhood_above_the_fraction():
-    X = torch.zeros(2, 10, 3, dtype=torch.float64)
-    X[0, 4] = 2.0  # peak of sample 0
-    X[0, 5] = 0.5  # energy 1/16 of the peak: kept at 5 %, not at 10 %
-    X[0, 2] = 0.1  # inside the neighbourhood but too weak
-    X[0, 8] = 1.0  # strong but two sources too far
-    X[1, 9] = 1.0  # sample 1: peak at the end of the chain
-    X[1, 8] = -1.0
-    neighbours = _chain_neighbours(10, 2)
-    mask = strongest_blob(X, neighbours, 0.05)
-    assert mask[0].nonzero().flatten().tolist() == [4, 5]
-    assert strongest_blob(X, neighbours, 0.1)[0].nonzero().flatten().tolist() == [4]
-    assert mask[1].nonzero().flatten().tolist() == [8, 9]
-
-
-def test_deflation_start_recovers_the_masked_weak_source():
-    # a first solution that found only the strong source, and an exact solver of the
-    # residual: the start keeps the strong source and adds the weak one, in place
-    gen = torch.Generator().manual_seed(3)
-    L = torch.randn(16, 10, generator=gen, dtype=torch.float64)  # full column rank
-    X_true = torch.zeros(2, 10, 6, dtype=torch.float64)
-    X_true[:, 2] = torch.randn(2, 6, generator=gen, dtype=torch.float64) * 3
-    X_true[:, 8] = torch.randn(2, 6, generator=gen, dtype=torch.float64)
-    Y = L @ X_true
-    X_first = torch.zeros_like(X_true)
-    X_first[:, 2] = 0.5 * X_true[:, 2]  # right place, wrong scale, weak source missed
-    calls = []
-
-    def exact_solve(R, L_):
-        calls.append(R)
-        return torch.linalg.pinv(L_) @ R
-
-    X0 = deflation_start(Y, L, X_first, exact_solve, _chain_neighbours(10, 1))
-    assert len(calls) == 1
-    # the residual is orthogonal to the fitted blob's data (least squares)
-    P = L @ X_first
-    assert ((calls[0] * P).sum((1, 2)).abs() < 1e-10 * P.square().sum((1, 2))).all()
-    torch.testing.assert_close(X0.flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64))
-    # the weak source is found in place and nothing else outside the blob
-    outside = torch.ones(10, dtype=torch.bool)
-    outside[1:4] = False
-    weak = torch.nn.functional.cosine_similarity(X0[:, 8], X_true[:, 8], dim=-1)
-    torch.testing.assert_close(weak, torch.ones(2, dtype=torch.float64))
-    others = outside.clone()
-    others[8] = False
-    assert X0[:, others].abs().max() < 1e-10
-    cos = torch.nn.functional.cosine_similarity
-    assert (cos(X0.flatten(1), X_true.flatten(1)) > cos(X_first.flatten(1), X_true.flatten(1))
-            + 0.01).all()

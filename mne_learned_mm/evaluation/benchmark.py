@@ -483,9 +483,6 @@ def _parser(models=None):
     parser.add_argument("--channels", type=int, default=None,
                         help="use a spread subset of 64 or 32 of the channels")
     parser.add_argument("--seed", type=int, default=42, help="seed of the test set")
-    parser.add_argument("--deflate", action="store_true",
-                        help="learned methods solve twice, the second time after removing "
-                             "the strongest source (LearnedMMInverse(deflate=True))")
     parser.add_argument("--random-sign", action="store_true",
                         help="random patch polarities (sereega/nmm; evoked always has them)")
     parser.add_argument("--mxne-alpha", type=float, default=50.0,
@@ -552,7 +549,7 @@ def main(argv=None):
                 f"No {name!r} model trained on {train_data!r} on this machine; give one with "
                 f"--model {name}=PATH (models here: "
                 f"{', '.join(f'{m} ({td})' for m, td in sorted(here)) or 'none'})")
-        options[name] = {"model": model, "train_data": train_data, "deflate": args.deflate}
+        options[name] = {"model": model, "train_data": train_data}
     snrs = ([float(s) for s in args.snr_sweep.split(",")] if args.snr_sweep
             else [args.snr])
     t_start = time.perf_counter()

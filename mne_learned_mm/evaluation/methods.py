@@ -300,9 +300,6 @@ class LearnedSolver:
         Number of solver iterations; ``None`` uses the model's.
     device : str
         Where to solve.
-    deflate : bool
-        Solve twice, the second time after removing the strongest source (see
-        :class:`mne_learned_mm.inverse.LearnedMMInverse`).
 
     Notes
     -----
@@ -311,11 +308,10 @@ class LearnedSolver:
     sensor noise, and their cosine costs ignore the scale of the data.
     """
 
-    def __init__(self, model="default", *, n_iter=None, device="cpu", deflate=False):
+    def __init__(self, model="default", *, n_iter=None, device="cpu"):
         self.model = model
         self.n_iter = n_iter
         self.device = device
-        self.deflate = deflate
         self._fwd = None
 
     def __call__(self, evoked, fwd, noise_cov):
@@ -323,15 +319,13 @@ class LearnedSolver:
         if fwd is not self._fwd:
             inverse = _import_inverse()
             self._inv = inverse.LearnedMMInverse(self.model, n_iter=self.n_iter,
-                                                 device=self.device, deflate=self.deflate,
-                                                 verbose=False)
+                                                 device=self.device, verbose=False)
             self._inv.fit(fwd, verbose=False)
             self._fwd = fwd
         return self._inv.apply(evoked, verbose=False)
 
     def __repr__(self):
-        return (f"LearnedSolver(model={str(self.model)!r}, n_iter={self.n_iter}"
-                + (", deflate=True)" if self.deflate else ")"))
+        return f"LearnedSolver(model={str(self.model)!r}, n_iter={self.n_iter})"
 
 
 def _import_inverse():
@@ -380,10 +374,10 @@ def default_model(name, train_data="sereega"):
 
 
 def _learned_factory(name):
-    def factory(model=None, train_data="sereega", n_iter=None, device="cpu", deflate=False):
+    def factory(model=None, train_data="sereega", n_iter=None, device="cpu"):
         model = default_model(name, train_data) if model is None else model
         _check_model(name, model)
-        return LearnedSolver(model, n_iter=n_iter, device=device, deflate=deflate)
+        return LearnedSolver(model, n_iter=n_iter, device=device)
 
     return factory
 

@@ -8,7 +8,7 @@ from .bounds import (
     hvp_nu_hi,
     operator_norm_sq,
 )
-from .init import deflation_start, initial_point, strongest_blob
+from .init import initial_point
 from .majorant import (
     ConvLSTMCell,
     CurvatureConfig,
@@ -54,7 +54,6 @@ __all__ = [
     "cosine_similarity",
     "cost_and_grad",
     "data_fidelity",
-    "deflation_start",
     "hessian_bound",
     "hessian_power_iteration",
     "hvp_nu_hi",
@@ -67,6 +66,5 @@ __all__ = [
     "reference_inverse_curvature",
     "rms_normalize",
     "split_solver_config",
-    "strongest_blob",
     "upper_loss",
 ]

@@ -7,8 +7,7 @@ trained as a denoiser of Tikhonov solutions, maps ``K Y`` to a warm start
 ``Φ(K Y)``; the MM iterations then decrease ``u`` from there.
 ``"amortized"`` is the start network of :mod:`~.start`.
 :func:`initial_point` builds every one of them, for training and for
-inference. :func:`deflation_start` builds a start for a second solve from a
-first solution, for data with several sources of unequal strength.
+inference.
 """
 
 import torch
@@ -143,28 +142,6 @@ def unit_spectral(L):
     return L / torch.linalg.matrix_norm(L, ord=2)
 
 
-def strongest_blob(X, neighbours, keep_fraction=0.05):
-    """The strongest source's neighbourhood, where the energy is still high.
-
-    Parameters
-    ----------
-    X : Tensor, shape (n_batch, n_sources, n_times)
-    neighbours : Tensor of bool, shape (n_sources, n_sources)
-        ``neighbours[i, j]``: source ``j`` is close to source ``i`` (e.g.
-        within a few mesh rings).
-    keep_fraction : float
-        Keep neighbours whose energy ``Σ_t X²`` is at least this fraction of
-        the strongest source's.
-
-    Returns
-    -------
-    mask : Tensor of bool, shape (n_batch, n_sources)
-    """
-    energy = X.square().sum(-1)
-    peak = energy.argmax(-1)
-    return neighbours[peak] & (energy >= keep_fraction * energy.gather(1, peak[:, None]))
-
-
 def fitted_scale(Y, P):
     """Least-squares ``a`` per sample with ``Y ≈ a P`` (0 where ``P = 0``).
 
@@ -178,36 +155,3 @@ def fitted_scale(Y, P):
     """
     dims = tuple(range(1, Y.dim()))
     return (Y * P).sum(dims) / P.square().sum(dims).clamp_min(torch.finfo(P.dtype).tiny)
-
-
-def deflation_start(Y, L, X, solve, neighbours, keep_fraction=0.05):
-    """Starting point from one deflation step: strongest blob + solve of the residual.
-
-    The strongest blob of ``X`` (:func:`strongest_blob`) is fitted to ``Y``
-    and subtracted; ``solve`` then explains the residual, where the weaker
-    sources are no longer masked by the strongest one. The start is the blob
-    where it is and the residual's solution elsewhere, normalised to unit
-    norm per sample (like :func:`initial_point`).
-
-    Parameters
-    ----------
-    Y : Tensor, shape (n_batch, n_sensors, n_times)
-    L : Tensor, shape (n_sensors, n_sources)
-    X : Tensor, shape (n_batch, n_sources, n_times)
-        A first solution.
-    solve : callable
-        ``solve(Y, L) -> X`` for the residual data.
-    neighbours, keep_fraction
-        See :func:`strongest_blob`.
-
-    Returns
-    -------
-    X0 : Tensor, shape (n_batch, n_sources, n_times)
-    """
-    blob = strongest_blob(X, neighbours, keep_fraction)[..., None]
-    X_blob = X * blob
-    a = fitted_scale(Y, L @ X_blob)[:, None, None]
-    R = Y - a * (L @ X_blob)
-    X_rest = solve(R, L)
-    b = fitted_scale(R, L @ X_rest)[:, None, None]
-    return unit_frobenius(torch.where(blob, a * X, b * X_rest))
