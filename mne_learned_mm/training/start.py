@@ -85,14 +85,17 @@ class Optimisation:
 class Refinement:
     """The second phase: the residual passes, with the first pass frozen.
 
-    The other settings (learning rate, losses, channel subsets, whitening,
-    the bank's draws) are the first phase's.
+    The other settings (losses, channel subsets, whitening, the bank's
+    draws) are the first phase's.
 
     Attributes
     ----------
     steps : int
         Steps of the residual passes (``start.refinements`` of them), with a
         cosine schedule of their own; 0: no second phase.
+    lr : float
+        Peak learning rate of this phase (the passes start as copies of the
+        trained first pass).
     balance : float
         :attr:`~mne_learned_mm.simulation.bank.BankConfig.balance` of this
         phase's mixtures.
@@ -102,6 +105,7 @@ class Refinement:
     """
 
     steps: int = 0
+    lr: float = 2e-4
     balance: float = 0.0
     peak_scale: str = "global"
 
@@ -422,7 +426,8 @@ def _optimiser(net, recipe, phase):
     net.net.requires_grad_(phase == 0)
     net.refine.requires_grad_(phase == 1)
     params = net.net.parameters() if phase == 0 else net.refine.parameters()
-    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
+    lr = optim.lr if phase == 0 else recipe.refine.lr
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=optim.weight_decay)
     return opt, _schedule(opt, optim.n_steps if phase == 0 else recipe.refine.steps)
 
 
