@@ -93,6 +93,12 @@ def by_share(pipe, ds, items):
     return out + [("all", len(rows), rows[:, 1].mean(), rows[:, 2].mean())]
 
 
+def _start(args):
+    """The start's inference overrides given on the command line."""
+    over = {"max_rank": args.max_rank, "residual_passes": args.residual_passes}
+    return {k: v for k, v in over.items() if v is not None}
+
+
 def _fmt(v):
     return f"{np.nanmean(v):.2f} ± {np.nanstd(v):.2f}"
 
@@ -111,6 +117,8 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--max-rank", type=int, default=None,
                         help="override the amortized start's most temporal components")
+    parser.add_argument("--residual-passes", type=int, default=None,
+                        help="override the amortized start's residual passes (0: none)")
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")
     parser.add_argument("--n-threads", type=int, default=1)
@@ -131,8 +139,8 @@ def main():
         name, _, model = spec.partition("=")
         base = None
         for n_iter in args.n_iter:
-            pipe, config = load_model(model, n_iter=n_iter, max_rank=args.max_rank,
-                                       bound=args.bound)
+            pipe, config = load_model(model, n_iter=n_iter, start=_start(args),
+                                      bound=args.bound)
             scores, ms = _score(pipe, ds, items, args.batch)
             base = scores if base is None else base
             delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
@@ -145,7 +153,7 @@ def main():
               "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")
         for spec in args.model:
             name, _, model = spec.partition("=")
-            pipe, _ = load_model(model, n_iter=0, max_rank=args.max_rank)
+            pipe, _ = load_model(model, n_iter=0, start=_start(args))
             for label, count, le, alone in by_share(pipe, ds, items):
                 print(f"| {name} | {label} | {count} | {le:.2f} | {alone:.2f} |", flush=True)
 

@@ -24,7 +24,7 @@ CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
-PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v2"}
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v3"}
 
 #: Models too large to ship: name -> dict(fname, sha256, url).
 REGISTRY = {}
@@ -305,7 +305,7 @@ def _same(a, b):
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None,
-               max_rank=None):
+               start=None):
     """Load a model as a ready-to-use :class:`SolverPipeline`.
 
     Parameters
@@ -317,8 +317,10 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override the number of MM iterations.
     bound : str | None
         Override the curvature bound choice.
-    max_rank : int | None
-        Override the most temporal components the amortized start keeps.
+    start : dict | None
+        Override inference settings of the amortized start
+        (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
+        ``residual_passes``).
 
     Returns
     -------
@@ -342,7 +344,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     state = {k: v for k, v in state.items() if not k.startswith("start.")}
     start_network = None
     if config.get("init") == "amortized":
-        start_network = _build_start(config, start_state, max_rank)
+        start_network = _build_start(config, start_state, start)
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
@@ -355,12 +357,15 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
                           config.get("init_reg", 1.0 / 9.0), start_network), config
 
 
-def _build_start(config, state, max_rank=None):
+def _build_start(config, state, overrides=None):
     from .solver.start import StartConfig, StartNetwork
 
-    start_config = StartConfig(**config["start"])
-    if max_rank is not None:
-        start_config.max_rank = int(max_rank)
+    overrides = dict(overrides or {})
+    bad = sorted(set(overrides) - {"max_rank", "residual_passes"})
+    if bad:
+        raise ValueError(f"start overrides must be max_rank or residual_passes, got {bad}")
+    start_config = StartConfig(**{**config["start"],
+                                  **{k: int(v) for k, v in overrides.items()}})
     network = StartNetwork(int(config["n_sources"]), start_config)
     try:
         network.load_state_dict(state)

@@ -55,10 +55,6 @@ class BankConfig:
     min_amplitude : float
         Each later patch gets ``|a| ~ U(min_amplitude, 1)`` relative to the first.
     %(margin)s
-    balance : float
-        Share of the mixtures whose relative amplitudes are those of the
-        patches' topographies (``‖a_j g_j‖ / ‖g_1‖``) instead of their peak
-        sources: a focal source as visible in the data as an extended one.
     """
 
     n_patches: tuple = (1, 3)
@@ -66,7 +62,6 @@ class BankConfig:
     background: tuple = (0.0, 0.5)
     min_amplitude: float = 0.1
     margin: int = 2
-    balance: float = 0.0
 
 
 class PatchBank:
@@ -91,8 +86,6 @@ class PatchBank:
         Profile of each patch (0 on the padding), peak 1.
     images : Tensor, shape (n_channels, n_patches)
         ``L[:, patch] @ profile``, the patch's noise-free topography.
-    image_norms : Tensor, shape (n_patches,)
-        Their norms.
     hops : Tensor of int16, shape (n_sources, n_sources)
         Ring distance between sources (capped), for the non-overlap rule.
     """
@@ -121,7 +114,6 @@ class PatchBank:
         self.images = self.sources(torch.arange(len(idx))[:, None],
                                    torch.ones(len(idx), 1)) @ self.L.T
         self.images = self.images.T.contiguous()
-        self.image_norms = self.images.norm(dim=0)
         geometry._ensure_radius(2 * orders[1] + 4)  # the farthest non-overlap rule
         hops = geometry._hops.toarray()  # ring numbers; 0 on the diagonal and where unreached
         unreached = hops == 0
@@ -219,10 +211,6 @@ class PatchBank:
         amp = torch.rand(n, k_hi, generator=gen) * (1 - config.min_amplitude)
         amp = config.min_amplitude + amp
         amp[:, 0] = 1.0
-        if config.balance > 0:  # (no draw otherwise: earlier recipes' streams are kept)
-            balanced = torch.rand(n, generator=gen) < config.balance
-            norm = self.image_norms[which[balanced]]
-            amp[balanced] *= norm[:, :1] / norm
         sign = torch.randint(0, 2, (n, k_hi), generator=gen) * 2.0 - 1.0
         return which, amp * sign * active
 

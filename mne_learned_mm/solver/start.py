@@ -5,10 +5,10 @@ The MM solve ends near where it starts, so the start carries the accuracy.
 (:class:`~mne_learned_mm.simulation.bank.PatchBank`): its input is the
 sLORETA image ``K y`` of a topography for whatever channels it has, so one
 network serves every montage on its source space; its output is a source
-pattern. Optional residual passes look again at what that pattern leaves
-unexplained (the sLORETA image of the least-squares residual), where a
-weak patch next to a strong one shows. :func:`amortized_start` handles
-time explicitly: it keeps the
+pattern. A residual pass applies the same network to what that pattern
+leaves unexplained, where a weak patch next to a strong one shows (a
+learned deflation, :meth:`StartNetwork.patterns`). :func:`amortized_start`
+handles time explicitly: it keeps the
 temporal components of ``Y`` above the noise (Gavish-Donoho threshold),
 applies the network to each component's topography and fits the time
 courses of the resulting patterns by least squares.
@@ -42,29 +42,20 @@ class StartConfig:
         :func:`~.init.tikhonov_operator`).
     max_rank : int
         Most temporal components kept.
-    refinements : int
-        Residual passes after the first (see :class:`StartNetwork`).
+    residual_passes : int
+        Passes of the network over the residual after the first
+        (:meth:`StartNetwork.patterns`); inference only.
     """
 
     hidden: int = 1024
     depth: int = 3
     reg: float = 1.0 / 9.0
     max_rank: int = 6
-    refinements: int = 0
+    residual_passes: int = 1
 
 
 class StartNetwork(nn.Module):
-    """Sign-equivariant spatial network ``y ↦ x`` (one topography at a time).
-
-    The first pass maps the normalised sLORETA image ``z = K y`` to a
-    pattern ``x₁ = f(z)``. Each residual pass ``k`` explains what the
-    previous pattern leaves: with ``r = y − α L x_{k−1}`` the residual of its
-    least-squares fit (``α = ⟨y, L x⟩ / ‖L x‖²``), the pass maps the residual's
-    image ``K r`` to a pattern ``d = g_k(K r)`` and adds it with its own
-    least-squares amplitude: ``x_k = α x_{k−1} + β d``, ``β = ⟨r, L d⟩ / ‖L d‖²``
-    (a learned deflation: in the residual, a weak patch is no longer masked by
-    the strong one). Each ``g_k`` is an MLP of the first pass's shape; training
-    starts it as a copy of ``f``.
+    """Sign-equivariant spatial network ``z ↦ x`` (one topography at a time).
 
     Parameters
     ----------
@@ -75,12 +66,40 @@ class StartNetwork(nn.Module):
     def __init__(self, n_sources, config=None):
         super().__init__()
         self.config = cfg = StartConfig() if config is None else config
-        self.net = _mlp(n_sources, cfg.hidden, cfg.depth, n_sources)
-        self.refine = nn.ModuleList(_mlp(n_sources, cfg.hidden, cfg.depth, n_sources)
-                                    for _ in range(cfg.refinements))
+        sizes = [n_sources] + [cfg.hidden] * cfg.depth
+        layers = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.GELU()]
+        layers.append(nn.Linear(sizes[-1], n_sources))
+        self.net = nn.Sequential(*layers)
 
-    def forward(self, y, L, K, refine=True):
-        """Source pattern of each topography.
+    def forward(self, z):
+        """Source pattern of each source image.
+
+        Parameters
+        ----------
+        z : Tensor, shape (n, n_sources)
+            Linear source images (any scale).
+
+        Returns
+        -------
+        x : Tensor, shape (n, n_sources)
+            Source patterns (unit-free), ``x(−z) = −x(z)``.
+        """
+        sign = canonical_sign(z)[:, None]
+        z = sign * z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
+        return sign * self.net(z)
+
+    def patterns(self, y, L, K):
+        """Source pattern of each topography: the first pass and the residual passes.
+
+        The first pattern is ``x = f(K y)`` (:meth:`forward`). Each residual
+        pass fits it by least squares, ``α = ⟨y, L x⟩ / ‖L x‖²``, applies the
+        same network to the image of the residual ``r = y − α L x`` (where a
+        weak patch is no longer masked by the strong one) and adds that
+        pattern ``d = f(K r)`` with its own least-squares amplitude:
+        ``x ← α x + β d``, ``β = ⟨r, L d⟩ / ‖L d‖²``. The fit never gets worse
+        (``‖r − β L d‖ ≤ ‖r‖``).
 
         Parameters
         ----------
@@ -90,46 +109,19 @@ class StartNetwork(nn.Module):
             Leadfield of the same channels.
         K : Tensor, shape (n_sources, n_sensors)
             Its sLORETA operator.
-        refine : bool
-            Apply the residual passes (``False``: the first pass alone).
 
         Returns
         -------
         x : Tensor, shape (n, n_sources)
-            Source patterns (unit-free), ``x(c y) = sign(c) x(y)``.
+            In the units of ``y / L``; ``x(−y) = −x(y)``.
         """
-        z = y @ K.T
-        x = _odd(self.net, z)
-        if not refine or not len(self.refine):
-            return x
-        y = y / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-        for g in self.refine:
+        x = self(y @ K.T)
+        for _ in range(self.config.residual_passes):
             alpha = fitted_scale(y, x @ L.T)[:, None]
             r = y - alpha * (x @ L.T)
-            d = _odd(g, r @ K.T)
+            d = self(r @ K.T)
             x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
         return x
-
-    def copy_first_pass(self):
-        """Start every residual pass as a copy of the first pass."""
-        for g in self.refine:
-            g.load_state_dict(self.net.state_dict())
-
-
-def _odd(mlp, z):
-    """``mlp`` made odd: applied to ``z`` at unit norm with its canonical sign."""
-    sign = canonical_sign(z)[:, None]
-    z = sign * z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
-    return sign * mlp(z)
-
-
-def _mlp(n_in, hidden, depth, n_out):
-    sizes = [n_in] + [hidden] * depth
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.GELU()]
-    layers.append(nn.Linear(sizes[-1], n_out))
-    return nn.Sequential(*layers)
 
 
 def canonical_sign(z):
@@ -258,7 +250,8 @@ def amortized_start(Y, L, network, *, K=None):
     With ``Y ≈ Σ_k s_k u_k v_kᵀ`` the components above the noise
     (:func:`gavish_donoho_rank`, at most ``max_rank``), the network maps each
     spatial component's sLORETA image ``K s_k u_k`` to a source pattern
-    ``f_k``, and the time courses come from least squares:
+    ``f_k`` (:meth:`StartNetwork.patterns`: with its residual passes), and
+    the time courses come from least squares:
     ``X0 = F A``, ``A = (L F)⁺ Y_r`` with ``F = [f_1 … f_r]``. So ``X0`` has
     the rank of the denoised data and each time sample is the least-squares
     fit of its data within the span of the patterns (``X0(−Y) = −X0(Y)``; the
@@ -287,7 +280,7 @@ def amortized_start(Y, L, network, *, K=None):
     kept = torch.nonzero(keep.reshape(-1)).squeeze(1)  # the network sees kept ones only
     topo = comps.transpose(1, 2).reshape(B * r, n)[kept]
     F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
-        0, kept, network(topo, L, K))
+        0, kept, network.patterns(topo, L, K))
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
     A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
     return F @ A
@@ -316,16 +309,16 @@ def start_loss(x, x_hat, background_weight=0.5):
     return (1 - cos + background_weight * share).mean()
 
 
-def peak_loss(x_hat, seeds, zones, active, smoothing=0.02, scale="global", floor=0.01):
+def peak_loss(x_hat, seeds, zones, active, smoothing=0.02):
     """Soft hinge that puts each patch's peak on its seed.
 
     For a patch with seed ``s`` and search zone ``Z`` (the localization
     metric's: the seed's neighbour rings minus the other patches' sources),
-    with ``v = |x̂_s| / c`` and ``m = max_{z ∈ Z∖s} |x̂_z| / c`` the loss is
-    ``δ · softplus((m − v) / δ)``: about ``m − v`` when the peak is elsewhere
-    and about 0 when it is on the seed by more than a few ``δ``. The cosine
-    alone barely sees a peak one ring off (a Gaussian patch is nearly flat
-    near its seed).
+    with ``v = |x̂_s| / ‖x̂‖∞`` and ``m = max_{z ∈ Z∖s} |x̂_z| / ‖x̂‖∞`` the
+    loss is ``δ · softplus((m − v) / δ)``: about ``m − v`` when the peak
+    is elsewhere and about 0 when it is on the seed by more than a few
+    ``δ``. The cosine alone barely sees a peak one ring off (a Gaussian
+    patch is nearly flat near its seed).
 
     Parameters
     ----------
@@ -336,30 +329,16 @@ def peak_loss(x_hat, seeds, zones, active, smoothing=0.02, scale="global", floor
     active : Tensor of bool, shape (n, k)
         Which of the ``k`` patches exist.
     smoothing : float
-        ``δ``, in units of ``c``.
-    scale : {"global", "zone"}
-        ``c``: ``‖x̂‖∞`` (a weak patch's peak counts little) or the largest
-        magnitude in the patch's zone and seed, at least ``floor · ‖x̂‖∞``
-        (every patch that shows counts alike, as in the localization error,
-        which looks at the zone only).
-    floor : float
-        See ``scale``: a zone below it counts as activity of that size (the
-        gradient of an all but empty zone would swamp the others).
+        ``δ``, in units of ``‖x̂‖∞``.
 
     Returns
     -------
     loss : Tensor, shape ()
         Mean over the active patches.
     """
-    tiny = torch.finfo(x_hat.dtype).tiny
     mag = x_hat.abs()
+    mag = mag / mag.amax(1, keepdim=True).clamp_min(torch.finfo(x_hat.dtype).tiny)
     at_seed = mag.gather(1, seeds)
     elsewhere = torch.where(zones, mag[:, None], 0).amax(2)
-    c = mag.amax(1, keepdim=True)
-    if scale == "zone":
-        c = torch.maximum(torch.maximum(at_seed, elsewhere), floor * c)
-    elif scale != "global":
-        raise ValueError(f"scale must be 'global' or 'zone', got {scale!r}")
-    c = c.clamp_min(tiny)
-    hinge = smoothing * nn.functional.softplus((elsewhere - at_seed) / (smoothing * c))
+    hinge = smoothing * nn.functional.softplus((elsewhere - at_seed) / smoothing)
     return hinge[active].mean() if bool(active.any()) else hinge.sum() * 0

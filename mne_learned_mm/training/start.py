@@ -50,7 +50,7 @@ class Optimisation:
     batch_size : int
         Topographies per step.
     n_steps : int
-        Steps of the first pass (the cosine learning-rate schedule spans them).
+        Total steps (the cosine learning-rate schedule spans them).
     lr : float
         Peak AdamW learning rate.
     weight_decay : float
@@ -82,35 +82,6 @@ class Optimisation:
 
 
 @dataclasses.dataclass
-class Refinement:
-    """The second phase: the residual passes, with the first pass frozen.
-
-    The other settings (losses, channel subsets, whitening, the bank's
-    draws) are the first phase's.
-
-    Attributes
-    ----------
-    steps : int
-        Steps of the residual passes (``start.refinements`` of them), with a
-        cosine schedule of their own; 0: no second phase.
-    lr : float
-        Peak learning rate of this phase (the passes start as copies of the
-        trained first pass).
-    balance : float
-        :attr:`~mne_learned_mm.simulation.bank.BankConfig.balance` of this
-        phase's mixtures.
-    peak_scale : {"global", "zone"}
-        ``scale`` of :func:`~mne_learned_mm.solver.start.peak_loss` in this
-        phase.
-    """
-
-    steps: int = 0
-    lr: float = 2e-4
-    balance: float = 0.0
-    peak_scale: str = "global"
-
-
-@dataclasses.dataclass
 class Recipe:
     """Everything that builds a model (one concern per field).
 
@@ -119,7 +90,6 @@ class Recipe:
     bank : BankConfig
     start : StartConfig
     optim : Optimisation
-    refine : Refinement
     orders : tuple of int
         Patch orders in the bank.
     profiles : tuple of str
@@ -139,7 +109,6 @@ class Recipe:
     bank: BankConfig = dataclasses.field(default_factory=BankConfig)
     start: StartConfig = dataclasses.field(default_factory=StartConfig)
     optim: Optimisation = dataclasses.field(default_factory=Optimisation)
-    refine: Refinement = dataclasses.field(default_factory=Refinement)
     orders: tuple = (0, 5)
     profiles: tuple = ("gaussian", "wide")
     mm_from: str = None
@@ -151,16 +120,13 @@ class Recipe:
     @classmethod
     def from_dict(cls, d):
         """Recipe from its JSON form (unknown keys are an error)."""
-        parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation,
-                 "refine": Refinement}
+        parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation}
         d = dict(d)
         kwargs = {k: _dataclass(parts[k], d.pop(k, {}), k) for k in parts}
         bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if bad:
             raise ValueError(f"Unknown recipe key(s) {bad}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        if kwargs["refine"].steps > 0 and kwargs["start"].refinements < 1:
-            raise ValueError("refine.steps > 0 needs start.refinements >= 1")
         return cls(**kwargs, **d)
 
     def to_dict(self):
@@ -269,10 +235,10 @@ def _schedule(opt, n_steps):
                                                                      / n_steps)))
 
 
-def _save(out, net, opt, sched, state, gen, phase):
+def _save(out, net, opt, sched, state, gen):
     tmp = out / (CKPT + ".tmp")
     torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "state": state, "gen": gen.get_state(), "phase": phase}, tmp)
+                "state": state, "gen": gen.get_state()}, tmp)
     os.replace(tmp, out / CKPT)
 
 
@@ -314,31 +280,21 @@ def patch_zones(bank, which, amplitude):
     return seeds, zones, active
 
 
-def _step_loss(net, bank, gen, recipe, operators, device, refine):
+def _step_loss(net, bank, gen, recipe, T, K, device):
     optim = recipe.optim
-    T, L, K = operators
-    config = dataclasses.replace(recipe.bank, balance=recipe.refine.balance) if refine \
-        else recipe.bank
-    y, x, which, amp = bank.sample(gen, optim.batch_size, config, transform=T,
+    y, x, which, amp = bank.sample(gen, optim.batch_size, recipe.bank, transform=T,
                                    return_patches=True)
-    x_hat = net(y.to(device), L.to(device), K.to(device), refine=refine)
+    x_hat = net(y.to(device) @ K.T.to(device))
     loss = start_loss(x.to(device), x_hat, optim.background_weight)
     if optim.peak_weight > 0:
         seeds, zones, active = patch_zones(bank, which, amp)
-        loss = loss + optim.peak_weight * peak_loss(
-            x_hat, seeds.to(device), zones.to(device), active.to(device),
-            scale=recipe.refine.peak_scale if refine else "global")
+        loss = loss + optim.peak_weight * peak_loss(x_hat, seeds.to(device), zones.to(device),
+                                                    active.to(device))
     return loss
 
 
 def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     """Fit the start network (resumes from ``out`` when a checkpoint is there).
-
-    Two phases: the first pass for ``optim.n_steps`` steps, then the residual
-    passes for ``refine.steps`` steps, each starting as a copy of the first
-    pass, with the first pass frozen. A
-    checkpoint of a network without residual passes resumes into the second
-    phase.
 
     Parameters
     ----------
@@ -364,32 +320,27 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
+                            weight_decay=recipe.optim.weight_decay)
+    sched = _schedule(opt, recipe.optim.n_steps)
     gen = torch.Generator().manual_seed(recipe.optim.seed)
     state = {"step": 0, "seen": 0, "minutes": 0.0}
-    ck = None
     if (out / CKPT).exists():
         ck = torch.load(out / CKPT, map_location=device, weights_only=False)  # our own file
-        _load_network(net, ck["net"])
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
         state = ck["state"]
         logger.info(f"Resuming at step {state['step']} ({state['minutes']:.1f} min)")
     t_run = time.perf_counter()
     t_ckpt = t_eval = t_run
     minutes0 = state["minutes"]
-    total = recipe.optim.n_steps + recipe.refine.steps
-    phase = None
-    for step in ProgressBar(range(state["step"], total), mesg="start network"):
-        if _phase(recipe, step) != phase:
-            phase = _phase(recipe, step)
-            opt, sched = _optimiser(net, recipe, phase)
-            if ck is not None and ck.get("phase", 0) == phase and step == state["step"]:
-                opt.load_state_dict(ck["opt"])
-                sched.load_state_dict(ck["sched"])
-            elif phase == 1:
-                net.copy_first_pass()
+    steps = range(state["step"], recipe.optim.n_steps)
+    for step in ProgressBar(steps, mesg="start network"):
         _, T, L = step_operator(bank, gen, recipe.optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
-        loss = _step_loss(net, bank, gen, recipe, (T, L, K), device, refine=phase == 1)
+        loss = _step_loss(net, bank, gen, recipe, T, K, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -397,7 +348,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
         now = time.perf_counter()
         state.update(step=step + 1, seen=state["seen"] + recipe.optim.batch_size,
                      minutes=minutes0 + (now - t_run) / 60)
-        last = step + 1 == total
+        last = step + 1 == recipe.optim.n_steps
         over = max_minutes is not None and (now - t_run) / 60 >= max_minutes
         if last or over or now - t_eval >= 60 * recipe.eval_minutes:
             net.eval()
@@ -408,37 +359,11 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
             logger.info(f"step {state['step']}: loss {loss.item():.4f}, val {metrics}")
             t_eval = time.perf_counter()
         if last or over or now - t_ckpt >= 60 * recipe.checkpoint_minutes:
-            _save(out, net, opt, sched, state, gen, phase)
+            _save(out, net, opt, sched, state, gen)
             t_ckpt = time.perf_counter()
         if over:
             break
     return net.eval(), state
-
-
-def _phase(recipe, step):
-    """0 while the first pass trains, 1 for the residual passes."""
-    return int(step >= recipe.optim.n_steps)
-
-
-def _optimiser(net, recipe, phase):
-    """AdamW and its schedule over the parameters of one phase (the others frozen)."""
-    optim = recipe.optim
-    net.net.requires_grad_(phase == 0)
-    net.refine.requires_grad_(phase == 1)
-    params = net.net.parameters() if phase == 0 else net.refine.parameters()
-    lr = optim.lr if phase == 0 else recipe.refine.lr
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=optim.weight_decay)
-    return opt, _schedule(opt, optim.n_steps if phase == 0 else recipe.refine.steps)
-
-
-def _load_network(net, state):
-    """Checkpoint weights; missing residual passes (a one-pass run's) copy the first pass."""
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    bad = unexpected + [k for k in missing if not k.startswith("refine.")]
-    if bad:
-        raise ValueError(f"Checkpoint does not match the recipe's start network: {bad[:3]}")
-    if missing:
-        net.copy_first_pass()
 
 
 def build_model(recipe, network, state, fwd, out, device_name):
@@ -519,7 +444,7 @@ def export_checkpoint(recipe, fwd, out):
         raise FileNotFoundError(f"No {CKPT} in {out}: nothing to export")
     ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)  # our own file
     network = StartNetwork(fwd["nsource"], recipe.start)
-    _load_network(network, ck["net"])
+    network.load_state_dict(ck["net"])
     build_model(recipe, network.eval(), ck["state"], fwd, out, "checkpoint")
 
 
@@ -536,12 +461,11 @@ def main(argv=None):
         return
     network, state = train_start(recipe, fwd, args.out, device=device,
                                  max_minutes=args.max_minutes)
-    if state["step"] >= recipe.optim.n_steps + recipe.refine.steps:
+    if state["step"] >= recipe.optim.n_steps:
         build_model(recipe, network, state, fwd, args.out, str(device))
         logger.info(f"Model written to {args.out}")
     else:
-        logger.info(f"Stopped at step {state['step']}/"
-                    f"{recipe.optim.n_steps + recipe.refine.steps}; run again "
+        logger.info(f"Stopped at step {state['step']}/{recipe.optim.n_steps}; run again "
                     "to resume")
 
 
