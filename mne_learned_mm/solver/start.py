@@ -117,8 +117,9 @@ class StartNetwork(nn.Module):
         """
         x = self(y @ K.T)
         for _ in range(self.config.residual_passes):
-            alpha = fitted_scale(y, x @ L.T)[:, None]
-            r = y - alpha * (x @ L.T)
+            Lx = x @ L.T
+            alpha = fitted_scale(y, Lx)[:, None]
+            r = y - alpha * Lx
             d = self(r @ K.T)
             x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
         return x
