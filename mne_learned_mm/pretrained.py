@@ -24,7 +24,7 @@ CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
-PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v3"}
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v4"}
 
 #: Models too large to ship: name -> dict(fname, sha256, url).
 REGISTRY = {}

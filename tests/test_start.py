@@ -74,6 +74,20 @@ def test_bank_mixtures_follow_the_non_overlap_rule(bank):
     assert abs(float(signs.mean())) < 0.1  # random polarities
 
 
+
+@pytest.mark.parametrize("draw", ["patch", "order"])
+def test_bank_draw_frequencies(bank, draw):
+    # orders 0-3, order 0 with one profile and the others with three: drawn
+    # uniformly over the patches, order 0 is 1/10 of the first patches; drawn
+    # by order, 1/4
+    gen = torch.Generator().manual_seed(3)
+    which, _ = bank.draw_mixtures(gen, 8000, BankConfig(n_patches=(1, 1), draw=draw))
+    share = torch.bincount(torch.as_tensor(bank.orders)[which[:, 0]], minlength=4) / 8000
+    expected = [0.1, 0.3, 0.3, 0.3] if draw == "patch" else [0.25] * 4
+    np.testing.assert_allclose(share.numpy(), expected, atol=0.02)
+    with pytest.raises(ValueError, match='draw must be "patch" or "order"'):
+        bank.draw_mixtures(gen, 4, BankConfig(draw="seed"))
+
 @pytest.mark.parametrize("snr_db", [0.0, 20.0])
 def test_bank_sample_snr_and_reference(bank, snr_db):
     gen = torch.Generator().manual_seed(1)
@@ -119,6 +133,25 @@ def test_start_network_is_sign_equivariant():
     torch.testing.assert_close(net(3.0 * z), net(z))  # scale-free input
     assert torch.equal(canonical_sign(torch.tensor([[1.0, -3.0], [0.0, 0.0]])),
                        torch.tensor([-1.0, 1.0]))
+
+
+@pytest.mark.parametrize("members", [1, 3])
+def test_start_network_ensemble_is_the_members_mean(members):
+    torch.manual_seed(5)
+    net = StartNetwork(40, StartConfig(hidden=8, depth=1, members=members)).double()
+    z = torch.randn(4, 40, dtype=torch.float64)
+    alone = []
+    for member in net.nets:
+        one = StartNetwork(40, StartConfig(hidden=8, depth=1)).double()
+        one.nets[0].load_state_dict(member.state_dict())
+        alone.append(one(z))
+    torch.testing.assert_close(net(z), sum(alone) / members)
+    torch.testing.assert_close(net(-z), -net(z), rtol=0, atol=0)
+    # one-network weights of the models before ensembles (keys net.*) still load
+    legacy = {f"net.{k}": v for k, v in net.nets[0].state_dict().items()}
+    one = StartNetwork(40, StartConfig(hidden=8, depth=1)).double()
+    one.load_state_dict(legacy)
+    torch.testing.assert_close(one(z), alone[0])
 
 
 def test_start_network_gradcheck():
@@ -275,6 +308,15 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"optim": {"n_step": 3}}))
     with pytest.raises(ValueError, match="n_step"):
         recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"members": [{}, {"bank": {"drw": "order"}}]}))
+    with pytest.raises(ValueError, match="drw"):
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"members": [{"start": {"hidden": 8}}]}))
+    with pytest.raises(ValueError, match="overrides 'bank' and/or 'optim'"):
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"members": []}))
+    with pytest.raises(ValueError, match="at least one member"):
+        recipe_mod.load_recipe(path)
     with pytest.raises(FileNotFoundError, match="packaged recipe"):
         recipe_mod.load_recipe(tmp_path / "missing.json")
     for name in recipe_mod.RECIPES:
@@ -284,15 +326,31 @@ def test_recipe_rejects_unknown_keys(tmp_path):
 def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     out = tmp_path / "model"
     recipe_mod.main(["tiny", "--out", str(out), "--max-minutes", "0"])  # one step, stop
-    history = (out / recipe_mod.HISTORY).read_text().splitlines()
-    assert history[1].split(",")[0] == "1" and not (out / "weights.pt").exists()
+    for k in range(2):  # the two members of the ensemble
+        history = (out / f"member{k}" / recipe_mod.HISTORY).read_text().splitlines()
+        assert history[1].split(",")[0] == "1"
+    assert not (out / "weights.pt").exists()
     recipe_mod.main(["tiny", "--out", str(out)])  # resumes to the end, writes the model
-    rows = (out / recipe_mod.HISTORY).read_text().splitlines()
-    assert rows[-1].split(",")[0] == "4"
+    for k in range(2):
+        rows = (out / f"member{k}" / recipe_mod.HISTORY).read_text().splitlines()
+        assert rows[-1].split(",")[0] == "4"
     config = json.loads((out / "config.json").read_text())
-    assert config["init"] == "amortized" and config["trained"]["steps"] == 4
-    assert config["trained"]["topographies"] == 4 * 16
+    assert config["init"] == "amortized" and config["trained"]["steps"] == 2 * 4
+    assert config["trained"]["topographies"] == 2 * 4 * 16
+    assert config["start"]["members"] == config["trained"]["members"] == 2
     pipe, _ = load_model(out)
+    # the model's network is the mean of the members' own checkpoints
+    recipe = recipe_mod.load_recipe("tiny")
+    z = torch.randn(3, fwd_default["nsource"])
+    members = []
+    for k in range(2):
+        one = StartNetwork(fwd_default["nsource"], recipe.member(k).start)
+        one.load_state_dict(torch.load(out / f"member{k}" / recipe_mod.CKPT,
+                                       weights_only=False)["net"])
+        members.append(one.eval()(z))
+    with torch.no_grad():
+        torch.testing.assert_close(pipe.start_network(z), (members[0] + members[1]) / 2)
+    assert not torch.allclose(members[0], members[1])  # their own draws and seeds
     L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
     Y = torch.randn(2, L.shape[0], 16)
     Y = Y - Y.mean(1, keepdim=True)
@@ -379,11 +437,16 @@ def test_recipe_for_another_forward(tmp_path, fwd_small):
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
                                   "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
-                                  "mm_from": None, "val_samples": 2}))
+                                  "mm_from": None, "val_samples": 2,
+                                  "members": [{}, {"optim": {"seed": 1}}]}))
     out = tmp_path / "m"
-    recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(out)])
+    # the two members in two processes
+    recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(out), "--n-jobs", "2",
+                     "--n-threads", "1"])
+    assert all((out / f"member{k}" / recipe_mod.CKPT).exists() for k in range(2))
     pipe, config = load_model(out)
     assert config["solver"]["n_iter"] == 0 and config["n_sources"] == fwd_small["nsource"]
+    assert config["trained"]["steps"] == 4
     L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float32)
     X, _ = pipe.solve(torch.randn(1, L.shape[0], 8), L)
     assert X.shape == (1, L.shape[1], 8) and torch.isfinite(X).all()

@@ -55,6 +55,11 @@ class BankConfig:
     min_amplitude : float
         Each later patch gets ``|a| ~ U(min_amplitude, 1)`` relative to the first.
     %(margin)s
+    draw : str
+        How a patch is drawn: ``"patch"``, uniformly over the bank's patches
+        (an order with more profiles is drawn more often), or ``"order"``,
+        the order uniformly first, as the simulators draw it, then a profile
+        and a seed.
     """
 
     n_patches: tuple = (1, 3)
@@ -62,6 +67,7 @@ class BankConfig:
     background: tuple = (0.0, 0.5)
     min_amplitude: float = 0.1
     margin: int = 2
+    draw: str = "patch"
 
 
 class PatchBank:
@@ -197,7 +203,7 @@ class PatchBank:
         """
         k_lo, k_hi = config.n_patches
         k = torch.randint(k_lo, k_hi + 1, (n,), generator=gen)
-        which = torch.randint(self.n_patches, (n, k_hi), generator=gen)
+        which = self._draw_patches(gen, (n, k_hi), config.draw)
         active = torch.arange(k_hi)[None] < k[:, None]
         for j in range(1, k_hi):
             for attempt in range(5):
@@ -205,14 +211,24 @@ class PatchBank:
                 if attempt == 4 or bool(ok[active[:, j]].all()):
                     break
                 redraw = active[:, j] & ~ok
-                which[redraw, j] = torch.randint(self.n_patches, (int(redraw.sum()),),
-                                                 generator=gen)
+                which[redraw, j] = self._draw_patches(gen, (int(redraw.sum()),),
+                                                      config.draw)
             active[:, j] &= ok
         amp = torch.rand(n, k_hi, generator=gen) * (1 - config.min_amplitude)
         amp = config.min_amplitude + amp
         amp[:, 0] = 1.0
         sign = torch.randint(0, 2, (n, k_hi), generator=gen) * 2.0 - 1.0
         return which, amp * sign * active
+
+    def _draw_patches(self, gen, shape, draw):
+        """Bank indices, uniform over the patches or over the orders."""
+        if draw == "patch":
+            return torch.randint(self.n_patches, shape, generator=gen)
+        if draw != "order":
+            raise ValueError(f'draw must be "patch" or "order", got {draw!r}')
+        counts = torch.bincount(self._order_t)[self._order_t].double()
+        n = int(np.prod(shape))
+        return torch.multinomial(1 / counts, n, replacement=True, generator=gen).reshape(shape)
 
     def _apart(self, which, j, margin):
         seeds, orders = self._seed_t[which], self._order_t[which]

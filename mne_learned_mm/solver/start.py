@@ -45,6 +45,9 @@ class StartConfig:
     residual_passes : int
         Passes of the network over the residual after the first
         (:meth:`StartNetwork.patterns`); inference only.
+    members : int
+        Networks averaged (an ensemble; each trained on its own draw of the
+        patch bank).
     """
 
     hidden: int = 1024
@@ -52,10 +55,14 @@ class StartConfig:
     reg: float = 1.0 / 9.0
     max_rank: int = 6
     residual_passes: int = 1
+    members: int = 1
 
 
 class StartNetwork(nn.Module):
     """Sign-equivariant spatial network ``z ↦ x`` (one topography at a time).
+
+    The mean of ``config.members`` MLPs (``n_sources → depth × hidden GELU →
+    n_sources``), applied to the canonically signed, normalised image.
 
     Parameters
     ----------
@@ -66,12 +73,18 @@ class StartNetwork(nn.Module):
     def __init__(self, n_sources, config=None):
         super().__init__()
         self.config = cfg = StartConfig() if config is None else config
-        sizes = [n_sources] + [cfg.hidden] * cfg.depth
-        layers = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), nn.GELU()]
-        layers.append(nn.Linear(sizes[-1], n_sources))
-        self.net = nn.Sequential(*layers)
+        self.nets = nn.ModuleList(_mlp(n_sources, cfg) for _ in range(cfg.members))
+
+    def net(self, z):
+        """Mean of the members' outputs."""
+        return sum(net(z) for net in self.nets) / len(self.nets)
+
+    def load_state_dict(self, state_dict, strict=True):
+        """:meth:`torch.nn.Module.load_state_dict`; also reads one-network weights
+        written before ensembles (``net.*``, models bank-v1 to bank-v3)."""
+        state_dict = {(f"nets.0.{k[4:]}" if k.startswith("net.") else k): v
+                      for k, v in state_dict.items()}
+        return super().load_state_dict(state_dict, strict=strict)
 
     def forward(self, z):
         """Source pattern of each source image.
@@ -123,6 +136,15 @@ class StartNetwork(nn.Module):
             d = self(r @ K.T)
             x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
         return x
+
+
+def _mlp(n_sources, config):
+    sizes = [n_sources] + [config.hidden] * config.depth
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.GELU()]
+    layers.append(nn.Linear(sizes[-1], n_sources))
+    return nn.Sequential(*layers)
 
 
 def canonical_sign(z):

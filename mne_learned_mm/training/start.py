@@ -9,15 +9,20 @@ every few minutes, writes a learning-curve CSV (``history_start.csv``: step,
 topographies seen, training minutes, loss, validation LE / AUC of the start
 on SEREEGA-style windows) and ends by writing ``weights.pt`` and
 ``config.json``: the start network plus the MM refinement (Φ and the
-curvature net of the model named by the recipe's ``mm_from``).
+curvature net of the model named by the recipe's ``mm_from``). A recipe with
+several ``members`` trains one network per member (``--out/member{k}``, each
+resumable, ``--n-jobs`` of them at once in their own processes) and the model
+averages them.
 """
 
 import argparse
 import csv
 import dataclasses
 import json
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -104,6 +109,11 @@ class Recipe:
     val_samples : int
         SEREEGA-style validation windows (seed 7, never the test seed 42).
     eval_minutes, checkpoint_minutes : float
+    members : tuple of dict
+        One entry per network of the ensemble (:attr:`StartConfig.members`):
+        its overrides of the ``bank`` and ``optim`` sections (``{}``: none).
+        Each member trains on its own (``member{k}/`` of ``--out`` when
+        there are several) and the model averages them.
     """
 
     bank: BankConfig = dataclasses.field(default_factory=BankConfig)
@@ -116,6 +126,7 @@ class Recipe:
     val_samples: int = 64
     eval_minutes: float = 5.0
     checkpoint_minutes: float = 3.0
+    members: tuple = ({},)
 
     @classmethod
     def from_dict(cls, d):
@@ -127,7 +138,26 @@ class Recipe:
         if bad:
             raise ValueError(f"Unknown recipe key(s) {bad}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs, **d)
+        recipe = cls(**kwargs, **d)
+        for k, member in enumerate(recipe.members):
+            if not isinstance(member, dict) or set(member) - {"bank", "optim"}:
+                raise ValueError(f"Each recipe member overrides 'bank' and/or 'optim', "
+                                 f"got {member!r}")
+            recipe.member(k)  # the overrides' keys are valid
+        if not recipe.members:
+            raise ValueError("A recipe needs at least one member")
+        recipe.start = dataclasses.replace(recipe.start, members=len(recipe.members))
+        return recipe
+
+    def member(self, k):
+        """The recipe of ensemble member ``k`` (one network, its overrides applied)."""
+        over = self.members[k]
+        parts = {"bank": BankConfig, "optim": Optimisation}
+        return dataclasses.replace(
+            self, members=({},), start=dataclasses.replace(self.start, members=1),
+            **{name: _dataclass(cls, {**dataclasses.asdict(getattr(self, name)),
+                                      **over.get(name, {})}, name)
+               for name, cls in parts.items()})
 
     def to_dict(self):
         """JSON form."""
@@ -412,7 +442,8 @@ def build_model(recipe, network, state, fwd, out, device_name):
         ch_names=list(fwd["info"]["ch_names"]), code_version=__version__,
         recipe=recipe.to_dict(), mm_from=str(recipe.mm_from),
         trained={"device": device_name, "minutes": round(state["minutes"], 1),
-                 "steps": state["step"], "topographies": state["seen"]})
+                 "steps": state["step"], "topographies": state["seen"],
+                 "members": network.config.members})
     config.pop("train", None)
     config.pop("notes", None)
     save_model(out, weights, config)
@@ -430,22 +461,70 @@ def _parser():
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop this run after so many minutes (resume later)")
-    p.add_argument("--n-threads", type=int, default=None, help="torch threads")
+    p.add_argument("--n-threads", type=int, default=None,
+                   help="torch threads (of each member's process)")
+    p.add_argument("--n-jobs", type=int, default=1,
+                   help="ensemble members trained at once, one process each")
     p.add_argument("--export", action="store_true",
                    help="write the model from the latest checkpoint without training "
                         "(to evaluate a run in progress)")
     return p
 
 
-def export_checkpoint(recipe, fwd, out):
-    """Write the model of ``out``'s latest checkpoint (see :func:`build_model`)."""
+def member_dirs(recipe, out):
+    """Where each member of the recipe trains: ``out``, or ``out/member{k}``."""
     out = Path(out)
-    if not (out / CKPT).exists():
-        raise FileNotFoundError(f"No {CKPT} in {out}: nothing to export")
-    ck = torch.load(out / CKPT, map_location="cpu", weights_only=False)  # our own file
+    n = len(recipe.members)
+    return [out] if n == 1 else [out / f"member{k}" for k in range(n)]
+
+
+def _train_member(recipe, k, fwd_fname, out, device, max_minutes, n_threads):
+    """Train member ``k`` (in this process or a worker); its state."""
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    _, state = train_start(recipe.member(k), read_forward(fwd_fname), out, device=device,
+                           max_minutes=max_minutes)
+    return state
+
+
+def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_jobs=1,
+                  n_threads=None):
+    """Train every member of the recipe, ``n_jobs`` at a time (processes).
+
+    Returns
+    -------
+    done : bool
+        Whether every member reached its last step.
+    """
+    dirs = member_dirs(recipe, out)
+    jobs = [(recipe, k, fwd_fname, d, device, max_minutes, n_threads)
+            for k, d in enumerate(dirs)]
+    if n_jobs == 1 or len(jobs) == 1:
+        states = [_train_member(*job) for job in jobs]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
+            states = list(pool.map(_train_member, *zip(*jobs)))
+    return all(state["step"] >= recipe.member(k).optim.n_steps
+               for k, state in enumerate(states))
+
+
+def export_checkpoint(recipe, fwd, out, device_name="checkpoint"):
+    """Write the model of the members' latest checkpoints (see :func:`build_model`).
+
+    The members' training minutes, steps and topographies are summed.
+    """
     network = StartNetwork(fwd["nsource"], recipe.start)
-    network.load_state_dict(ck["net"])
-    build_model(recipe, network.eval(), ck["state"], fwd, out, "checkpoint")
+    total = {"step": 0, "seen": 0, "minutes": 0.0}
+    for k, d in enumerate(member_dirs(recipe, out)):
+        if not (d / CKPT).exists():
+            raise FileNotFoundError(f"No {CKPT} in {d}: nothing to export")
+        ck = torch.load(d / CKPT, map_location="cpu", weights_only=False)  # our own file
+        one = StartNetwork(fwd["nsource"], recipe.member(k).start)
+        one.load_state_dict(ck["net"])
+        network.nets[k].load_state_dict(one.nets[0].state_dict())
+        total = {key: total[key] + ck["state"][key] for key in total}
+    build_model(recipe, network.eval(), total, fwd, out, device_name)
 
 
 def main(argv=None):
@@ -457,16 +536,16 @@ def main(argv=None):
     device = check_device(args.device)
     fwd = read_forward(args.fwd)
     if args.export:
-        export_checkpoint(recipe, fwd, args.out)
+        export_checkpoint(recipe, fwd, Path(args.out))
         return
-    network, state = train_start(recipe, fwd, args.out, device=device,
-                                 max_minutes=args.max_minutes)
-    if state["step"] >= recipe.optim.n_steps:
-        build_model(recipe, network, state, fwd, args.out, str(device))
+    done = train_members(recipe, args.fwd, args.out, device=device,
+                         max_minutes=args.max_minutes, n_jobs=args.n_jobs,
+                         n_threads=args.n_threads)
+    if done:
+        export_checkpoint(recipe, fwd, Path(args.out), str(device))
         logger.info(f"Model written to {args.out}")
     else:
-        logger.info(f"Stopped at step {state['step']}/{recipe.optim.n_steps}; run again "
-                    "to resume")
+        logger.info(f"Stopped before the last step; run again to resume ({args.out})")
 
 
 if __name__ == "__main__":
