@@ -314,6 +314,9 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"members": [{"start": {"hidden": 8}}]}))
     with pytest.raises(ValueError, match="overrides 'bank' and/or 'optim'"):
         recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"start": {"members": 3}, "members": [{}, {}]}))
+    with pytest.raises(ValueError, match="number of recipe members"):
+        recipe_mod.load_recipe(path)
     path.write_text(json.dumps({"members": []}))
     with pytest.raises(ValueError, match="at least one member"):
         recipe_mod.load_recipe(path)
@@ -455,3 +458,15 @@ def test_recipe_for_another_forward(tmp_path, fwd_small):
                                   "mm_from": "default", "val_samples": 2}))
     with pytest.raises(ValueError, match="another source space"):
         recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(tmp_path / "n")])
+
+
+def test_shipped_model_records_the_default_recipe():
+    """The packaged model was written by the packaged recipe, members and all."""
+    from mne_learned_mm.pretrained import load_state
+
+    _, config = load_state("default")
+    recipe = recipe_mod.load_recipe("default")
+    assert recipe_mod.Recipe.from_dict(config["recipe"]) == recipe
+    assert config["start"]["members"] == len(recipe.members) == config["trained"]["members"]
+    assert config["trained"]["steps"] == sum(recipe.member(k).optim.n_steps
+                                             for k in range(len(recipe.members)))

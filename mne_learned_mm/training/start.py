@@ -133,6 +133,7 @@ class Recipe:
         """Recipe from its JSON form (unknown keys are an error)."""
         parts = {"bank": BankConfig, "start": StartConfig, "optim": Optimisation}
         d = dict(d)
+        given = dict(d.get("start", {})).get("members")
         kwargs = {k: _dataclass(parts[k], d.pop(k, {}), k) for k in parts}
         bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if bad:
@@ -146,6 +147,9 @@ class Recipe:
             recipe.member(k)  # the overrides' keys are valid
         if not recipe.members:
             raise ValueError("A recipe needs at least one member")
+        if given is not None and given != len(recipe.members):
+            raise ValueError(f"start.members is the number of recipe members "
+                             f"({len(recipe.members)}), got {given}")
         recipe.start = dataclasses.replace(recipe.start, members=len(recipe.members))
         return recipe
 
