@@ -320,6 +320,8 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"members": []}))
     with pytest.raises(ValueError, match="at least one member"):
         recipe_mod.load_recipe(path)
+    with pytest.raises(ValueError, match="n_jobs must be at least 1"):
+        recipe_mod.train_members(recipe_mod.load_recipe("tiny"), None, tmp_path, n_jobs=0)
     with pytest.raises(FileNotFoundError, match="packaged recipe"):
         recipe_mod.load_recipe(tmp_path / "missing.json")
     for name in recipe_mod.RECIPES:

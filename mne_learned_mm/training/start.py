@@ -495,11 +495,29 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
                   n_threads=None):
     """Train every member of the recipe, ``n_jobs`` at a time (processes).
 
+    Parameters
+    ----------
+    recipe : Recipe
+    fwd_fname : path-like | None
+        Forward ``.fif`` (``None``: the packaged fsaverage ico3 forward); each
+        process reads it.
+    out : path-like
+        Output directory (:func:`member_dirs`).
+    device : str | torch.device
+    max_minutes : float | None
+        Per member, as in :func:`train_start`.
+    n_jobs : int
+        Members trained at once, one process each.
+    n_threads : int | None
+        Torch threads of each process.
+
     Returns
     -------
     done : bool
         Whether every member reached its last step.
     """
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
     dirs = member_dirs(recipe, out)
     jobs = [(recipe, k, fwd_fname, d, device, max_minutes, n_threads)
             for k, d in enumerate(dirs)]
