@@ -12,6 +12,7 @@ import inspect
 import json
 import operator
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mne
@@ -62,10 +63,12 @@ class LearnedMMInverse:
     batch_size : int
         Number of epochs solved at once.
     n_jobs : int | None
-        Number of CPU threads torch uses during :meth:`apply` (MNE's
-        convention: ``None`` is 1 unless ``MNE_N_JOBS`` is set, ``-1`` all
-        cores). One thread is the fastest on a busy machine; more pay on an
-        idle multi-core machine with large batches.
+        Number of CPU threads used during :meth:`apply` (MNE's convention:
+        ``None`` is 1 unless ``MNE_N_JOBS`` is set, ``-1`` all cores). On the
+        CPU, epochs in several batches are solved ``n_jobs`` batches at a time,
+        one torch thread each (the solver's products are too small for
+        several threads to pay within one batch); a single batch gets
+        ``n_jobs`` torch threads.
     %(verbose)s
 
     Attributes
@@ -308,8 +311,7 @@ class LearnedMMInverse:
         Y = P @ data
         _check_flat(Y, data)
         Gw, Yw = (W @ G, W @ Y) if W is not None else (G, Y)
-        with _torch_threads(n_threads):
-            X = self._solve(Yw, Gw, inst.info["sfreq"])
+        X = self._solve(Yw, Gw, inst.info["sfreq"], n_threads)
         X *= _amplitude_scale(Yw, Gw, X)[:, None, None]
         stcs = [self._to_stc(x, inst) for x in X]
         out = stcs if is_epochs else stcs[0]
@@ -375,7 +377,7 @@ class LearnedMMInverse:
             logger.info("Whitening data and gain with the noise covariance")
         return picks, P, G, W
 
-    def _solve(self, Y, G, sfreq):
+    def _solve(self, Y, G, sfreq, n_threads):
         n_times = Y.shape[-1]
         # the start works per time sample; only the MM iterations' temporal convolutions
         # were trained at the model's rate
@@ -387,16 +389,23 @@ class LearnedMMInverse:
             Y = mne.filter.resample(Y, up=self.sfreq_model_, down=sfreq, npad="auto",
                                     verbose=False)
         L = torch.as_tensor(G, dtype=torch.float32, device=self.device_)
-        out, hist = [], []
         batch_size = int(self.batch_size)
-        for start in range(0, len(Y), batch_size):
-            Yb = torch.as_tensor(Y[start:start + batch_size], dtype=torch.float32,
-                                 device=self.device_)
-            X, history = self.solver_.solve(Yb, L)
-            out.append(X.detach().cpu().double().numpy())
-            hist.append(history.as_numpy())
-        self.history_ = _merge_histories(hist)
-        X = np.concatenate(out)
+        batches = [Y[start:start + batch_size] for start in range(0, len(Y), batch_size)]
+
+        def solve(Yb):
+            X, history = self.solver_.solve(
+                torch.as_tensor(Yb, dtype=torch.float32, device=self.device_), L)
+            return X.detach().cpu().double().numpy(), history.as_numpy()
+
+        n_workers = min(n_threads, len(batches)) if self.device_.type == "cpu" else 1
+        with _torch_threads(max(n_threads // n_workers, 1)):
+            if n_workers > 1:  # torch releases the GIL inside its operations
+                with ThreadPoolExecutor(n_workers) as pool:
+                    results = list(pool.map(solve, batches))
+            else:
+                results = [solve(Yb) for Yb in batches]
+        self.history_ = _merge_histories([h for _, h in results])
+        X = np.concatenate([x for x, _ in results])
         if resample:
             X = mne.filter.resample(X, up=sfreq, down=self.sfreq_model_, npad="auto",
                                     verbose=False)
@@ -443,7 +452,8 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
     batch_size : int
         Number of epochs solved at once.
     n_jobs : int | None
-        CPU threads (see :class:`~mne_learned_mm.LearnedMMInverse`).
+        CPU threads (see :class:`~mne_learned_mm.LearnedMMInverse`): batches of
+        epochs solved at once.
     return_residual : bool
         Also return the residual.
     %(verbose)s

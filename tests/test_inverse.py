@@ -92,6 +92,22 @@ def test_any_reference_gives_same_result(inv, sim):
                                atol=1e-4 * np.abs(stc_a.data).max())
 
 
+def test_batches_solved_in_parallel_equal_serial(fwd_default, sim):
+    """n_jobs=2 solves two batches at a time (one thread each): same sources, same history."""
+    data = np.stack([sim[i]["Y"] for i in range(5)]).astype(float)
+    epochs = mne.EpochsArray(data, sim.info, tmin=0.0, verbose=False)
+    runs, threads = [], torch.get_num_threads()
+    for n_jobs in (1, 2):
+        inv = LearnedMMInverse(n_iter=2, batch_size=2, n_jobs=n_jobs, device="cpu")
+        stcs = inv.fit(fwd_default).apply(epochs)
+        runs.append((np.stack([stc.data for stc in stcs]), inv.history_))
+    (X1, h1), (X2, h2) = runs
+    np.testing.assert_allclose(X2, X1, rtol=1e-5, atol=1e-5 * np.abs(X1).max())
+    assert h1["cost"].shape == h2["cost"].shape == (5, 3)
+    np.testing.assert_allclose(h2["cost"], h1["cost"], rtol=1e-5)
+    assert torch.get_num_threads() == threads  # restored after the solve
+
+
 def test_epochs_equal_evoked(inv, sim):
     items = [sim[i] for i in range(3)]
     data = np.stack([it["Y"] for it in items]).astype(float)
