@@ -86,7 +86,7 @@ def test_bank_draw_frequencies(bank, draw):
     expected = [0.1, 0.3, 0.3, 0.3] if draw == "patch" else [0.25] * 4
     np.testing.assert_allclose(share.numpy(), expected, atol=0.02)
     with pytest.raises(ValueError, match='draw must be "patch" or "order"'):
-        bank.draw_mixtures(gen, 4, BankConfig(draw="seed"))
+        BankConfig(draw="seed")
 
 @pytest.mark.parametrize("snr_db", [0.0, 20.0])
 def test_bank_sample_snr_and_reference(bank, snr_db):
@@ -310,6 +310,9 @@ def test_recipe_rejects_unknown_keys(tmp_path):
         recipe_mod.load_recipe(path)
     path.write_text(json.dumps({"members": [{}, {"bank": {"drw": "order"}}]}))
     with pytest.raises(ValueError, match="drw"):
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"members": [{}, {"bank": {"draw": "seed"}}]}))
+    with pytest.raises(ValueError, match='draw must be "patch" or "order"'):
         recipe_mod.load_recipe(path)
     path.write_text(json.dumps({"members": [{"start": {"hidden": 8}}]}))
     with pytest.raises(ValueError, match="overrides 'bank' and/or 'optim'"):

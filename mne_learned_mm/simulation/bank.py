@@ -69,6 +69,10 @@ class BankConfig:
     margin: int = 2
     draw: str = "patch"
 
+    def __post_init__(self):
+        if self.draw not in ("patch", "order"):
+            raise ValueError(f'draw must be "patch" or "order", got {self.draw!r}')
+
 
 class PatchBank:
     """Every patch of a forward and its sensor image.
@@ -224,8 +228,6 @@ class PatchBank:
         """Bank indices, uniform over the patches or over the orders."""
         if draw == "patch":
             return torch.randint(self.n_patches, shape, generator=gen)
-        if draw != "order":
-            raise ValueError(f'draw must be "patch" or "order", got {draw!r}')
         counts = torch.bincount(self._order_t)[self._order_t].double()
         n = int(np.prod(shape))
         return torch.multinomial(1 / counts, n, replacement=True, generator=gen).reshape(shape)
