@@ -132,6 +132,8 @@ class PatchBank:
         self.hops = torch.as_tensor(hops, dtype=torch.int16)
         self._seed_t = torch.as_tensor(self.seeds)
         self._order_t = torch.as_tensor(self.orders)
+        # draw="order": each order equally likely, then its patches uniformly
+        self._order_weight = 1 / torch.bincount(self._order_t)[self._order_t].double()
         w, U = np.linalg.eigh(np.asarray(L, np.float64) @ np.asarray(L, np.float64).T)
         self.background_factor = torch.as_tensor(U * np.sqrt(np.clip(w, 0, None)),
                                                  dtype=torch.float32)
@@ -228,9 +230,9 @@ class PatchBank:
         """Bank indices, uniform over the patches or over the orders."""
         if draw == "patch":
             return torch.randint(self.n_patches, shape, generator=gen)
-        counts = torch.bincount(self._order_t)[self._order_t].double()
         n = int(np.prod(shape))
-        return torch.multinomial(1 / counts, n, replacement=True, generator=gen).reshape(shape)
+        return torch.multinomial(self._order_weight, n, replacement=True,
+                                 generator=gen).reshape(shape)
 
     def _apart(self, which, j, margin):
         seeds, orders = self._seed_t[which], self._order_t[which]
