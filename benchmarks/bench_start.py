@@ -12,6 +12,10 @@ then the solve time per sample. ``--by-share`` adds, per model, the LE of each
 patch by its share of the clean data's power, and the same with the other
 patches' true contribution subtracted from the data (how well the patch is
 found once nothing masks it: what the noise alone allows).
+``--sim-conductivity`` simulates the data with a BEM of other conductivities
+on the same head and solves with the packaged forward (forward-model
+mismatch, as with any real head); ``--sloreta`` adds sLORETA at the array
+level (the start's input image, ``lambda2 = 1/9``) on the same samples.
 """
 
 import argparse
@@ -20,10 +24,13 @@ import time
 import numpy as np
 import torch
 
+from mne_learned_mm import make_fsaverage_forward
 from mne_learned_mm.evaluation.benchmark import _load_forward, _subset_info
 from mne_learned_mm.evaluation.metrics import compute_metrics, localization_error, seed_zone
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
+from mne_learned_mm.simulation.leadfield import make_leadfield
+from mne_learned_mm.solver.init import tikhonov_operator
 
 METRICS = ("LE", "AUC", "PSNR", "TE")
 
@@ -35,8 +42,8 @@ def _test_set(fwd, args):
                             snr_db=args.snr, config=config, info=info, verbose=False)
 
 
-def _score(pipe, ds, items, batch):
-    L = torch.as_tensor(ds.L)
+def _score(pipe, ds, items, batch, L):
+    L = torch.as_tensor(L)
     rows, seconds = [], 0.0
     geo = ds.geometry
     for first in range(0, len(items), batch):
@@ -44,7 +51,7 @@ def _score(pipe, ds, items, batch):
         Y = torch.as_tensor(np.stack([it["Y"] for it in chunk]))
         t0 = time.perf_counter()
         with torch.no_grad():
-            X, _ = pipe.solve(Y, L)
+            X = pipe(Y, L)
         seconds += time.perf_counter() - t0
         rows += [compute_metrics(it["X"], x.double().numpy(), it["seeds"], it["patches"],
                                  geo.pos, geo.adjacency, ds.sfreq)
@@ -93,6 +100,27 @@ def by_share(pipe, ds, items):
     return out + [("all", len(rows), rows[:, 1].mean(), rows[:, 2].mean())]
 
 
+def _learned(pipe):
+    return lambda Y, L: pipe.solve(Y, L)[0]
+
+
+def _sloreta(Y, L):
+    """sLORETA image of the average-referenced data (the start's input operator)."""
+    K = tikhonov_operator(L.double(), 1.0 / 9.0, "sloreta")
+    return K @ (Y.double() - Y.double().mean(1, keepdim=True))
+
+
+def _forwards(args):
+    """The forward that simulates the data and the one that solves it."""
+    fwd = _load_forward(args.fwd)
+    if args.sim_conductivity is None:
+        return fwd, fwd
+    if args.fwd is not None:
+        raise SystemExit("--sim-conductivity simulates on the packaged fsaverage head: "
+                         "leave --fwd out")
+    return make_fsaverage_forward(conductivity=args.sim_conductivity, verbose=False), fwd
+
+
 def _start(args):
     """The start's inference overrides given on the command line."""
     over = {"max_rank": args.max_rank, "residual_passes": args.residual_passes}
@@ -122,16 +150,27 @@ def main():
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")
     parser.add_argument("--n-threads", type=int, default=1)
+    parser.add_argument("--sim-conductivity", type=float, nargs=3, default=None,
+                        metavar=("BRAIN", "SKULL", "SCALP"),
+                        help="simulate with a BEM of these conductivities (S/m), solve "
+                             "with the packaged forward")
+    parser.add_argument("--sloreta", action="store_true",
+                        help="also sLORETA at the array level on the same samples")
     parser.add_argument("--by-share", action="store_true",
                         help="LE per patch by its share of the data's power (start alone)")
     args = parser.parse_args()
     if args.n < 1:
         parser.error("--n must be >= 1")
+    if args.by_share and args.sim_conductivity is not None:
+        parser.error("--by-share needs the data's own forward: leave --sim-conductivity out")
     torch.set_num_threads(args.n_threads)
-    fwd = _load_forward(args.fwd)
-    ds = _test_set(fwd, args)
+    sim, fwd = _forwards(args)
+    ds = _test_set(sim, args)
     items = [ds[i] for i in range(len(ds))]
-    print(f"{ds!r}\n")
+    L = make_leadfield(fwd, ds.info).astype(np.float32)  # the solver's, same channels
+    print(f"{ds!r}" + ("" if sim is fwd else
+                      f", simulated with conductivity {tuple(args.sim_conductivity)}")
+          + "\n")
     print("| model | MM iterations | LE (mm) | AUC (%) | PSNR (dB) | TE (ms) "
           "| ΔLE vs start | ΔAUC vs start | ms / sample |")
     print("|---|---:|---|---|---|---|---|---|---:|")
@@ -141,13 +180,17 @@ def main():
         for n_iter in args.n_iter:
             pipe, config = load_model(model, n_iter=n_iter, start=_start(args),
                                       bound=args.bound)
-            scores, ms = _score(pipe, ds, items, args.batch)
+            scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
             base = scores if base is None else base
             delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
                      f"{np.nanstd(scores[k] - base[k]) / np.sqrt(len(items)):.2f}"
                      for k in ("LE", "AUC")]
             print(f"| {name} | {n_iter} | " + " | ".join(_fmt(scores[k]) for k in METRICS)
                   + f" | {delta[0]} | {delta[1]} | {ms:.1f} |", flush=True)
+    if args.sloreta:
+        scores, ms = _score(_sloreta, ds, items, args.batch, L)
+        print("| sLORETA | | " + " | ".join(_fmt(scores[k]) for k in METRICS)
+              + f" | | | {ms:.1f} |")
     if args.by_share:
         print("\n| model | patch's share of the data power | patches | LE (mm) "
               "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")

@@ -171,14 +171,34 @@ def _forward_key(info, picks, spacing, bem_tag):
     return h.hexdigest()[:16]
 
 
-def _bem_solution(subjects_dir, source):
+def _conductivity_tag(conductivity):
+    return "" if tuple(conductivity) == CONDUCTIVITY else "-" + "-".join(
+        f"{c:g}" for c in conductivity)
+
+
+def _check_conductivity(conductivity):
+    if conductivity is None:
+        return CONDUCTIVITY
+    try:
+        conductivity = tuple(float(c) for c in conductivity)
+    except (TypeError, ValueError):
+        raise TypeError(f"conductivity must be three numbers (brain, skull, scalp) in S/m, "
+                        f"got {conductivity!r}") from None
+    if len(conductivity) != 3 or not all(np.isfinite(c) and c > 0 for c in conductivity):
+        raise ValueError(f"conductivity must be three positive numbers (brain, skull, scalp) "
+                         f"in S/m, got {conductivity}")
+    return conductivity
+
+
+def _bem_solution(subjects_dir, source, conductivity=CONDUCTIVITY):
     bem_dir = Path(subjects_dir) / SUBJECT / "bem"
-    if (bem_dir / _DOWNLOAD_BEM).is_file() and source != "embedded":
+    tag = _conductivity_tag(conductivity)
+    if (bem_dir / _DOWNLOAD_BEM).is_file() and source != "embedded" and not tag:
         return bem_dir / _DOWNLOAD_BEM
-    fname = bem_dir / _EMBEDDED_BEM
+    fname = bem_dir / _EMBEDDED_BEM.replace("-bem-sol", f"{tag}-bem-sol")
     if not fname.is_file():
         logger.info("Computing the three-layer BEM solution (once, then cached)")
-        model = mne.make_bem_model(SUBJECT, ico=None, conductivity=CONDUCTIVITY,
+        model = mne.make_bem_model(SUBJECT, ico=None, conductivity=conductivity,
                                    subjects_dir=subjects_dir, verbose=False)
         sol = mne.make_bem_solution(model, verbose=False)
         mne.write_bem_solution(fname, sol, overwrite=True, verbose=False)
@@ -205,7 +225,7 @@ def _eeg_info(info, picks):
 
 @verbose
 def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
-                           use_packaged=True, fixed=True, verbose=None):
+                           use_packaged=True, fixed=True, conductivity=None, verbose=None):
     """EEG forward model on the fsaverage template (fixed orientation by default).
 
     Parameters
@@ -230,6 +250,12 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
         needs for ``loose`` and ``depth`` weighting; the learned solver
         accepts it too (it takes the normal component), so one forward serves
         dSPM/sLORETA/eLORETA and the learned solver.
+    conductivity : tuple of float | None
+        Brain, skull and scalp conductivities (S/m) of the three-layer BEM,
+        as in :func:`mne.make_bem_model`; ``None`` is the default
+        ``(0.3, 0.006, 0.3)``. Another value computes its own BEM solution
+        from the head's surfaces (once, then cached), e.g. to see how a
+        solver copes with an uncertain skull conductivity.
     %(verbose)s
 
     Returns
@@ -244,6 +270,7 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     positions, spacing and head model), so a second call only reads a file.
     """
     _check_spacing(spacing)
+    conductivity = _check_conductivity(conductivity)
     if not isinstance(fixed, bool):
         raise TypeError(f"fixed must be a bool, got {type(fixed).__name__}")
     read = partial(read_forward, fixed=fixed)
@@ -252,6 +279,7 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     subjects_dir = fetch_fsaverage_head(source=source)
     bem_tag = "download" if _complete_fsaverage(subjects_dir) and source != "embedded" \
         else "embedded-ico4"
+    bem_tag += _conductivity_tag(conductivity)
     key = _forward_key(info, picks, spacing, bem_tag)
     packaged = _asset(DEFAULT_FWD_FNAME)
     default_key = _forward_key(default_info(), np.arange(90), "ico3", "embedded-ico4")
@@ -263,14 +291,14 @@ def make_fsaverage_forward(info=None, *, spacing="ico3", source="embedded",
     if fname.is_file():
         logger.info(f"Reading cached forward {fname.name}")
         return read(fname)
-    fwd = _compute_forward(_eeg_info(info, picks), subjects_dir, spacing, source)
+    fwd = _compute_forward(_eeg_info(info, picks), subjects_dir, spacing, source, conductivity)
     mne.write_forward_solution(fname, fwd, overwrite=True, verbose=False)
     return read(fname)  # identical to what later cached calls return
 
 
-def _compute_forward(info, subjects_dir, spacing, source):
+def _compute_forward(info, subjects_dir, spacing, source, conductivity=CONDUCTIVITY):
     src = _source_space(subjects_dir, spacing)
-    bem = _bem_solution(subjects_dir, source)
+    bem = _bem_solution(subjects_dir, source, conductivity)
     logger.info(f"Computing the EEG forward for {len(info['ch_names'])} channels, "
                 f"{spacing} ({sum(s['nuse'] for s in src)} sources)")
     return mne.make_forward_solution(info, trans=SUBJECT, src=src, bem=bem, meg=False,

@@ -29,10 +29,18 @@ def test_prior_floor_script_prints_its_table(extra):
 def test_start_script_prints_its_table():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",
-         "--n-iter", "0", "1", "--n", "2", "--seed", "5", "--channels", "32"],
+         "--n-iter", "0", "1", "--n", "2", "--seed", "5", "--channels", "32", "--sloreta"],
         check=True, capture_output=True, text=True).stdout
-    rows = [line for line in out.splitlines() if line.startswith("| new |")]
-    assert len(rows) == 2, out
+    rows = [line for line in out.splitlines() if line.startswith(("| new |", "| sLORETA |"))]
+    assert len(rows) == 3, out
     for row in rows:
         le = float(row.split("|")[3].split("±")[0])
         assert 0 <= le < 150
+
+
+def test_start_script_mismatch_refuses_by_share():
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",
+         "--by-share", "--sim-conductivity", "0.3", "0.015", "0.3"],
+        capture_output=True, text=True)
+    assert run.returncode == 2 and "--by-share needs the data's own forward" in run.stderr

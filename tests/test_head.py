@@ -244,3 +244,31 @@ def test_far_electrodes_warn(monkeypatch):
     fitted, _ = head.fit_fsaverage_montage(info)
     with pytest.raises(Computed):  # no warning once fitted (warnings are errors)
         make_fsaverage_forward(fitted, use_packaged=False, spacing="ico2")
+
+
+def test_conductivity_gets_its_own_bem(fwd_default, monkeypatch, tmp_path):
+    from mne_learned_mm import head
+
+    class Computed(Exception):
+        pass
+
+    def stop(info, subjects_dir, spacing, source, conductivity):
+        raise Computed(conductivity)
+
+    data_dir = head.get_data_dir
+    monkeypatch.setattr(head, "get_data_dir",  # an empty forward cache, the usual head
+                        lambda sub=None: tmp_path if sub == "forward" else data_dir(sub))
+    monkeypatch.setattr(head, "_compute_forward", stop)
+    same = make_fsaverage_forward(conductivity=[0.3, 0.006, 0.3], verbose=False)
+    assert np.array_equal(same["sol"]["data"], fwd_default["sol"]["data"])  # the default
+    with pytest.raises(Computed) as exc:  # never the packaged or a cached default forward
+        make_fsaverage_forward(conductivity=(0.3, 0.0042, 0.3), verbose=False)
+    assert exc.value.args[0] == (0.3, 0.0042, 0.3)
+    assert head._conductivity_tag((0.3, 0.0042, 0.3)) == "-0.3-0.0042-0.3"
+    assert head._conductivity_tag(head.CONDUCTIVITY) == ""
+    with pytest.raises(ValueError, match="three positive numbers"):
+        make_fsaverage_forward(conductivity=(0.3, 0.0))
+    with pytest.raises(ValueError, match="three positive numbers"):
+        make_fsaverage_forward(conductivity=(0.3, -1, 0.3))
+    with pytest.raises(TypeError, match="three numbers"):
+        make_fsaverage_forward(conductivity="high")
