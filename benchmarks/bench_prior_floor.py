@@ -2,8 +2,9 @@
 
     python benchmarks/bench_prior_floor.py --model default --data sereega --n 200 --seed 42
     python benchmarks/bench_prior_floor.py --random-sign --n 100 --seed 2024
+    python benchmarks/bench_prior_floor.py --n-iter 10 --n 150 --seed 2024
 
-For each sample, four estimates are scored with the benchmark metrics:
+For each sample, five estimates are scored with the benchmark metrics:
 
 - ``Φ(X)``: the autoencoder applied to the true sources, i.e. what the
   regulariser ``1 − cos(X, Φ(X))`` of ``u`` considers a plausible pattern near
@@ -14,10 +15,16 @@ For each sample, four estimates are scored with the benchmark metrics:
 - ``solve, SNR``: the whole solve on the noisy data, as in the benchmark (no
   noise covariance; average reference; the scale is irrelevant to the
   cosine costs).
+- ``solve, SNR, Φ = truth``: the same solve with Φ replaced by the constant
+  map to the true sources (zero Jacobian, so every bound and the descent
+  certificate stay valid): how far the MM steps carry the start when the
+  prior points at the answer, i.e. whether the steps or Φ limit the solve.
 
-The gap between the last two rows is what the noise costs, between the middle
-two what the MM steps add to the start (``benchmarks/RESULTS.md``, eighth
-session).
+The gap between rows 4 and 3 is what the noise costs, between rows 3 and 2
+what the MM steps add to the start (``benchmarks/RESULTS.md``, eighth
+session), between rows 5 and 4 what a better Φ could buy. ``--n-iter``
+overrides the model's number of MM steps (the packaged model's is 0: its
+start alone).
 """
 
 import argparse
@@ -31,17 +38,40 @@ from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
 from mne_learned_mm.solver.init import normalise_problem
 
-ESTIMATES = ("Φ(X)", "start, noise-free", "solve, noise-free", "solve, SNR")
+ESTIMATES = ("Φ(X)", "start, noise-free", "solve, noise-free", "solve, SNR",
+             "solve, SNR, Φ = truth")
+
+
+class _Truth(torch.nn.Module):
+    """Φ replaced by the constant map to the true sources ``X`` (1, n_sources, n_times)."""
+
+    def __init__(self, X):
+        super().__init__()
+        self.X = X
+
+    def forward(self, X):
+        return self.X.to(X.dtype).expand_as(X)
+
+    def lipschitz_bound(self, differentiable=False):
+        return 0.0  # a constant map: the analytic bounds hold with zero derivatives
+
+    second_derivative_bound = lipschitz_bound
 
 
 def _estimates(pipe, X, Y, L):
-    """The four estimates of one sample, shape (n_sources, n_times) each."""
+    """The five estimates of one sample, shape (n_sources, n_times) each."""
     X = X / X.norm()
     Y_clean, L = normalise_problem((L @ X)[None], L)
     Y_noisy, _ = normalise_problem(Y[None], L)
+    prior = pipe.module.prior
     with torch.no_grad():
-        out = (pipe.module.prior(X[None]), pipe.start(Y_clean, L),
-               pipe.solve(Y_clean, L)[0], pipe.solve(Y_noisy, L)[0])
+        out = [prior(X[None]), pipe.start(Y_clean, L), pipe.solve(Y_clean, L)[0],
+               pipe.solve(Y_noisy, L)[0]]
+        pipe.module.prior = _Truth(X[None])
+        try:
+            out.append(pipe.solve(Y_noisy, L)[0])
+        finally:
+            pipe.module.prior = prior
     return [x[0].double().numpy() for x in out]
 
 
@@ -53,13 +83,15 @@ def main():
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--snr", type=float, default=None, help="dB (default: the kind's)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--n-iter", type=int, default=None,
+                        help="MM steps of the solves (default: the model's)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     fwd = _load_forward(None)
     config = default_config(args.data, random_sign=True) if args.random_sign else None
     ds = SimulatedDataset(fwd, kind=args.data, n_samples=args.n, seed=args.seed,
                           snr_db=args.snr, config=config, verbose=False)
-    pipe = load_model(args.model)[0]
+    pipe = load_model(args.model, n_iter=args.n_iter)[0]
     L = torch.tensor(ds.L - ds.L.mean(axis=0), dtype=torch.float32)
     pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
     scores = {name: [] for name in ESTIMATES}
@@ -77,7 +109,7 @@ def main():
     n_patches = np.array(n_patches)
     groups = [("all", n_patches > 0)] + [
         (f"{k} patch{'es' if k > 1 else ''}", n_patches == k) for k in np.unique(n_patches)]
-    print(f"{ds!r}, model {args.model}")
+    print(f"{ds!r}, model {args.model}, {pipe.module.config.n_iter} MM steps")
     print("| estimate | " + " | ".join(f"{g} (n = {s.sum()}) LE / AUC" for g, s in groups) + " |")
     print("|---|" + "---|" * len(groups))
     for name in ESTIMATES:

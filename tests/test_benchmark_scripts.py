@@ -10,18 +10,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("extra", [[], ["--random-sign"]])
+@pytest.mark.parametrize("extra", [["--n-iter", "2"], ["--random-sign"]])
 def test_prior_floor_script_prints_its_table(extra):
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_prior_floor.py"), "--n", "3",
          "--seed", "5", *extra], check=True, capture_output=True, text=True).stdout
     rows = {}
     for line in out.splitlines():
-        m = re.match(r"\| (Φ\(X\)|start, noise-free|solve, noise-free|solve, SNR) \| "
+        m = re.match(r"\| (Φ\(X\)|start, noise-free|solve, noise-free|solve, SNR"
+                     r"|solve, SNR, Φ = truth) \| "
                      r"([\d.]+) / ([\d.]+) \|", line)
         if m:
             rows[m[1]] = (float(m[2]), float(m[3]))
-    assert len(rows) == 4, out
+    assert len(rows) == 5, out
     for le, auc in rows.values():
         assert 0 <= le < 150 and 0 <= auc <= 100
 
