@@ -331,33 +331,6 @@ def test_recipe_rejects_unknown_keys(tmp_path):
         assert isinstance(recipe_mod.load_recipe(name), recipe_mod.Recipe)
 
 
-def test_forward_variants_of_a_recipe(tmp_path, bank, fwd_small):
-    """The recipe's other BEMs make a share of the steps' data; nothing else changes."""
-    path = tmp_path / "r.json"
-    path.write_text(json.dumps({"conductivities": [[0.3, -0.01, 0.3]]}))
-    with pytest.raises(ValueError, match="three positive numbers"):
-        recipe_mod.load_recipe(path)
-    path.write_text(json.dumps({"conductivities": [[0.3, 0.012, 0.3]],
-                                "optim": {"variant_prob": 0.5}}))
-    recipe = recipe_mod.load_recipe(path)
-    assert recipe.conductivities == ((0.3, 0.012, 0.3),)
-    assert recipe_mod.Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
-    with pytest.raises(ValueError, match="leave --fwd out"):  # refused before any BEM
-        recipe_mod.variant_banks(recipe, fwd_small)
-    assert recipe_mod.variant_banks(recipe_mod.load_recipe("tiny"), fwd_small) == []
-    gen = torch.Generator().manual_seed(0)
-    state = gen.get_state()
-    optim = recipe.optim
-    assert recipe_mod.data_bank(bank, [], gen, optim) is bank
-    assert torch.equal(gen.get_state(), state)  # no variants: the draws are unchanged
-    variants = [object(), object()]
-    picked = [recipe_mod.data_bank(bank, variants, gen, optim) for _ in range(400)]
-    share = [sum(p is v for p in picked) / 400 for v in (bank, *variants)]
-    np.testing.assert_allclose(share, [0.5, 0.25, 0.25], atol=0.07)
-    never = recipe_mod.Optimisation(variant_prob=0.0)
-    assert all(recipe_mod.data_bank(bank, variants, gen, never) is bank for _ in range(50))
-
-
 def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     out = tmp_path / "model"
     recipe_mod.main(["tiny", "--out", str(out), "--max-minutes", "0"])  # one step, stop

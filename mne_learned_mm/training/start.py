@@ -34,7 +34,6 @@ from .. import __version__
 from .._config import check_device
 from .._forward import read_forward
 from ..evaluation.metrics import ZONE_ORDER, compute_metrics, summarize_metrics
-from ..head import _check_conductivity, make_fsaverage_forward
 from ..pretrained import load_state, save_model
 from ..simulation import SereegaConfig, SimulatedDataset
 from ..simulation.bank import BankConfig, PatchBank
@@ -72,10 +71,6 @@ class Optimisation:
     whiten_prob : float
         Probability that a step whitens with a random noise covariance
         (white plus brain background, share drawn in ``(0, 1)``).
-    variant_prob : float
-        Probability that a step's data come from one of the recipe's
-        ``conductivities`` (drawn uniformly) instead of the training
-        forward.
     seed : int
     """
 
@@ -88,7 +83,6 @@ class Optimisation:
     subset_prob: float = 0.5
     subset_fraction: tuple = (0.3, 1.0)
     whiten_prob: float = 0.3
-    variant_prob: float = 0.0
     seed: int = 0
 
 
@@ -105,13 +99,6 @@ class Recipe:
         Patch orders in the bank.
     profiles : tuple of str
         Spatial profiles in the bank (:data:`~mne_learned_mm.simulation.bank.PROFILES`).
-    conductivities : tuple of tuple of float
-        BEM conductivities (brain, skull, scalp; S/m) of the embedded
-        fsaverage head (:func:`~mne_learned_mm.make_fsaverage_forward`) that
-        simulate the data of a share ``optim.variant_prob`` of the
-        steps, while the network's input image and the solve keep the
-        training forward: a real head is never the template (forward-model
-        mismatch). Only with the packaged fsaverage forward; ``()``: none.
     mm_from : str | None
         Model whose MM refinement (Φ, curvature net) the shipped model uses
         (same source space); ``None``: the start alone (``n_iter=0``).
@@ -134,7 +121,6 @@ class Recipe:
     optim: Optimisation = dataclasses.field(default_factory=Optimisation)
     orders: tuple = (0, 5)
     profiles: tuple = ("gaussian", "wide")
-    conductivities: tuple = ()
     mm_from: str = None
     n_iter: int = 10
     val_samples: int = 64
@@ -165,7 +151,6 @@ class Recipe:
             raise ValueError(f"start.members is the number of recipe members "
                              f"({len(recipe.members)}), got {given}")
         recipe.start = dataclasses.replace(recipe.start, members=len(recipe.members))
-        recipe.conductivities = tuple(_check_conductivity(c) for c in recipe.conductivities)
         return recipe
 
     def member(self, k):
@@ -251,38 +236,6 @@ def step_operator(bank, gen, optim):
         C = (1 - share) * torch.eye(n) + share * brain * n / brain.trace()
         T = whitener(C, T)
     return keep, T, T @ bank.L
-
-
-def variant_banks(recipe, fwd):
-    """Patch banks of the recipe's ``conductivities`` (one per BEM).
-
-    Their sources and channels are those of ``fwd``, which must be the
-    packaged fsaverage forward; only the leadfield that makes their
-    topographies differs.
-    """
-    if not recipe.conductivities:
-        return []
-    packaged = make_fsaverage_forward(verbose=False)
-    if (fwd["info"]["ch_names"] != packaged["info"]["ch_names"]
-            or _vertices(fwd) != _vertices(packaged)):
-        raise ValueError("The recipe's conductivities are BEMs of the embedded fsaverage head "
-                         "on its default montage; train with the packaged forward (leave "
-                         "--fwd out) or set conductivities to []")
-    return [PatchBank.from_forward(make_fsaverage_forward(conductivity=c, verbose=False),
-                                   orders=recipe.orders, profiles=recipe.profiles)
-            for c in recipe.conductivities]
-
-
-def _vertices(fwd):
-    return [s["vertno"].tolist() for s in fwd["src"]]
-
-
-def data_bank(bank, variants, gen, optim):
-    """The bank whose leadfield makes this step's data: one of ``variants`` with
-    probability ``optim.variant_prob``, else ``bank`` (no draw without variants)."""
-    if not variants or not torch.rand((), generator=gen) < optim.variant_prob:
-        return bank
-    return variants[int(torch.randint(len(variants), (), generator=gen))]
 
 
 # -- validation -----------------------------------------------------------------------
@@ -399,7 +352,6 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     device = torch.device(device)
     bank = PatchBank.from_forward(fwd, orders=recipe.orders, profiles=recipe.profiles)
     logger.info(f"{bank}")
-    variants = variant_banks(recipe, fwd)
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
@@ -422,8 +374,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     for step in ProgressBar(steps, mesg="start network"):
         _, T, L = step_operator(bank, gen, recipe.optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
-        loss = _step_loss(net, data_bank(bank, variants, gen, recipe.optim), gen, recipe, T,
-                          K, device)
+        loss = _step_loss(net, bank, gen, recipe, T, K, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -468,7 +419,7 @@ def build_model(recipe, network, state, fwd, out, device_name):
         Where it trained (recorded).
     """
     src = fwd["src"]
-    vertices = _vertices(fwd)
+    vertices = [s["vertno"].tolist() for s in src]
     if recipe.mm_from is not None:
         weights, config = load_state(recipe.mm_from)
         if config.get("vertices") != vertices:
