@@ -16,6 +16,8 @@ found once nothing masks it: what the noise alone allows).
 on the same head and solves with the packaged forward (forward-model
 mismatch, as with any real head); ``--sloreta`` adds sLORETA at the array
 level (the start's input image, ``lambda2 = 1/9``) on the same samples.
+``--max-rank``, ``--residual-passes`` and ``--rotation`` override the start's
+inference settings (``--rotation none``: the previous model, bank-v4).
 """
 
 import argparse
@@ -128,7 +130,8 @@ def _forwards(args):
 
 def _start(args):
     """The start's inference overrides given on the command line."""
-    over = {"max_rank": args.max_rank, "residual_passes": args.residual_passes}
+    over = {"max_rank": args.max_rank, "residual_passes": args.residual_passes,
+            "rotation": args.rotation}
     return {k: v for k, v in over.items() if v is not None}
 
 
@@ -152,6 +155,8 @@ def main():
                         help="override the amortized start's most temporal components")
     parser.add_argument("--residual-passes", type=int, default=None,
                         help="override the amortized start's residual passes (0: none)")
+    parser.add_argument("--rotation", default=None, choices=("none", "varimax"),
+                        help="override the rotation of the start's temporal components")
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")
     parser.add_argument("--n-threads", type=int, default=1)

@@ -24,7 +24,7 @@ CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
-PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v4"}
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v5"}
 
 #: Models too large to ship: name -> dict(fname, sha256, url).
 REGISTRY = {}
@@ -320,7 +320,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     start : dict | None
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
-        ``residual_passes``).
+        ``residual_passes``, ``rotation``).
 
     Returns
     -------
@@ -361,11 +361,12 @@ def _build_start(config, state, overrides=None):
     from .solver.start import StartConfig, StartNetwork
 
     overrides = dict(overrides or {})
-    bad = sorted(set(overrides) - {"max_rank", "residual_passes"})
+    bad = sorted(set(overrides) - {"max_rank", "residual_passes", "rotation"})
     if bad:
-        raise ValueError(f"start overrides must be max_rank or residual_passes, got {bad}")
-    start_config = StartConfig(**{**config["start"],
-                                  **{k: int(v) for k, v in overrides.items()}})
+        raise ValueError("start overrides must be max_rank, residual_passes or rotation, "
+                         f"got {bad}")
+    overrides = {k: (v if k == "rotation" else int(v)) for k, v in overrides.items()}
+    start_config = StartConfig(**{**config["start"], **overrides})
     network = StartNetwork(int(config["n_sources"]), start_config)
     try:
         network.load_state_dict(state)

@@ -18,9 +18,11 @@ from mne_learned_mm.solver.start import (
     denoise,
     gavish_donoho_rank,
     peak_loss,
+    rotate_components,
     singular_pairs,
     start_loss,
     temporal_components,
+    varimax_rotation,
 )
 from mne_learned_mm.training import start as recipe_mod
 
@@ -192,7 +194,12 @@ def test_load_model_start_overrides(fwd_default):
     none, _ = load_model(n_iter=0, start={"residual_passes": 0, "max_rank": 2})
     assert none.start_network.config.max_rank == 2
     assert not torch.allclose(pipe.solve(Y, L)[0], none.solve(Y, L)[0])
-    with pytest.raises(ValueError, match="max_rank or residual_passes"):
+    assert config["start"]["rotation"] == pipe.start_network.config.rotation == "varimax"
+    unrotated, _ = load_model(n_iter=0, start={"rotation": "none"})  # bank-v4
+    assert unrotated.start_network.config.rotation == "none"
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        load_model(n_iter=0, start={"rotation": "oblique"})
+    with pytest.raises(ValueError, match="max_rank, residual_passes or rotation"):
         load_model(n_iter=0, start={"hidden": 8})
 
 
@@ -231,10 +238,47 @@ def test_temporal_components_match_the_svd(shape):
                                    torch.eye(k, dtype=torch.float64))
 
 
-def test_amortized_start_sign_equivariant_and_least_squares(fwd_small):
+def _bumps(t, centres, width):
+    time = torch.arange(t, dtype=torch.float64)
+    return torch.stack([torch.exp(-0.5 * ((time - c) / width) ** 2) for c in centres])
+
+
+def test_varimax_unmixes_sources_active_at_different_latencies():
+    """The SVD mixes two sources with overlapping bumps; the rotation separates them."""
+    gen = torch.Generator().manual_seed(11)
+    n, t = 40, 120
+    topo = torch.randn(n, 2, generator=gen, dtype=torch.float64)
+    topo[:, 1] += topo[:, 0]  # correlated topographies, as neighbouring sources
+    waves = _bumps(t, (40, 75), 8.0) * torch.tensor([[1.0], [0.7]], dtype=torch.float64)
+    Y = (topo @ waves)[None]
+    comps, Vh, keep = temporal_components(Y, 2)
+    assert keep.sum() == 2
+    rc, rV = rotate_components(comps, Vh, keep)
+    torch.testing.assert_close(rc @ rV, comps @ Vh)  # the data are unchanged
+    torch.testing.assert_close(rV[0] @ rV[0].T, torch.eye(2, dtype=torch.float64))
+
+    def match(C):  # |cos| of each component's topography with its best source
+        c = (C[0].T @ topo) / (C[0].norm(dim=0)[:, None] * topo.norm(dim=0)[None])
+        return c.abs().amax(1)
+    assert bool((match(rc) > 0.97).all())
+    assert float(match(comps).min()) < 0.9  # the SVD alone does not separate them
+    R = varimax_rotation(Vh.transpose(1, 2))
+    torch.testing.assert_close(R[0] @ R[0].T, torch.eye(2, dtype=torch.float64))
+    D = torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(varimax_rotation(Vh.transpose(1, 2) @ D)[0], D @ R[0] @ D)
+
+
+def test_start_config_rejects_an_unknown_rotation():
+    with pytest.raises(ValueError, match="rotation must be one of"):
+        StartConfig(rotation="promax")
+
+
+@pytest.mark.parametrize("rotation", ["none", "varimax"])
+def test_amortized_start_sign_equivariant_and_least_squares(fwd_small, rotation):
     torch.manual_seed(2)
     L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float64)
-    net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1, max_rank=2)).double()
+    net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1, max_rank=2,
+                                               rotation=rotation)).double()
     Y = torch.randn(3, L.shape[0], 20, dtype=torch.float64)
     Y = Y - Y.mean(1, keepdim=True)
     Yn, Ln = normalise_problem(Y, L)
