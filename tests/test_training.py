@@ -214,3 +214,27 @@ def test_time_budget_is_per_run(small_fwd_fname, tmp_path):
     train(_cfg(small_fwd_fname, tmp_path / "m", time_budget_min=10.0), resume=True)
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert history[-1]["step"] == 8 and history[-1]["epoch"] == 1  # ran to the end
+
+
+def test_bilevel_training_for_the_amortized_start(fwd_default, tmp_path):
+    """Alg. 2 for the shipped start: Φ and the curvature net learn, the start stays frozen
+    and travels with the model, which then solves from it with descent."""
+    with pytest.raises(ValueError, match="needs init_from"):
+        TrainConfig(init="amortized").check()
+    source, source_config = load_state("default")
+    solver = {**source_config["solver"], "n_iter": 2, "grad_iters": 1}
+    out = train(TrainConfig(n_train=4, n_val=2, batch_size=2, epochs=1, solver=solver,
+                            init="amortized", init_from="default", num_threads=1,
+                            out=str(tmp_path / "m"), lr=1e-3, random_sign=True))
+    trained, config = load_state(out)
+    assert config["init"] == "amortized" and config["start"] == source_config["start"]
+    starts = [k for k in source if k.startswith("start.")]
+    assert starts and all(torch.equal(trained[k], source[k]) for k in starts)  # frozen
+    assert not all(torch.equal(trained[k], source[k]) for k in trained
+                   if k.startswith("prior."))  # Φ was trained
+    pipe, _ = load_model(out)
+    L = torch.as_tensor(fwd_default["sol"]["data"], dtype=torch.float32)
+    Y = L[:, :3] @ torch.rand(3, 16, generator=torch.Generator().manual_seed(1))
+    X, history = pipe.solve((Y - Y.mean(0))[None], L)
+    assert torch.isfinite(X).all()
+    assert torch.all(history.cost[:, 1:] <= history.cost[:, :-1] + 1e-5)

@@ -15,7 +15,7 @@ RANGE_FIELDS = ("snr_db",)
 CHOICES = {
     "data": ("sereega", "nmm", "evoked", "mix", "sereega+evoked"),
     "model": ("mm", "4dvarnet"),
-    "init": ("random", "tikhonov", "prior"),
+    "init": ("random", "tikhonov", "prior", "amortized"),
     "stage": ("bilevel", "prior"),
 }
 
@@ -85,7 +85,9 @@ class TrainConfig:
     model: str = "mm"  #: "mm" (learned MM) | "4dvarnet" (unrolled baseline)
     #: flat solver settings: MM iteration, prior_* (Φ), net_* (curvature net)
     solver: dict = field(default_factory=dict)
-    init: str = "tikhonov"  #: "random" (paper) | "tikhonov" | "prior" (Φ(K Y) warm start)
+    #: "random" (paper) | "tikhonov" | "prior" (Φ(K Y) warm start) | "amortized" (the
+    #: start network of ``init_from``, frozen)
+    init: str = "tikhonov"
     init_reg: float = 1.0 / 9.0
     # optimisation
     epochs: int = 10
@@ -125,6 +127,9 @@ class TrainConfig:
                              f"({self.batch_size})")
         if self.time_budget_min is not None and self.time_budget_min < 0:
             raise ValueError(f"time_budget_min must be >= 0, got {self.time_budget_min}")
+        if self.init == "amortized" and not self.init_from:
+            raise ValueError('init="amortized" needs init_from: a model with a start network '
+                             '(e.g. "default"), whose network starts every solve')
         if not isinstance(self.solver, dict):
             raise ValueError(f"solver must be a JSON object, got {self.solver!r}")
         split_solver_config(self.solver)  # unknown settings are refused here

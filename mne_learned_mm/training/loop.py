@@ -114,11 +114,30 @@ def _data_sfreq(cfg):
     return default_config(cfg.data).sfreq
 
 
-def _X0(cfg, Y, L, K, step, prior):
+def _X0(cfg, Y, L, K, step, prior, start=None):
     """Start of the solve, as :class:`~mne_learned_mm.pretrained.SolverPipeline` starts
-    it; the prior stage denoises the Tikhonov start, the random start changes per step."""
+    it; the prior stage denoises the Tikhonov start (or the amortized one), the random
+    start changes per step. ``start``: the frozen start network and its sLORETA operator
+    (``init="amortized"``)."""
+    if cfg.init == "amortized":
+        network, K_start = start
+        return initial_point(Y, L, "amortized", K=K_start, network=network)
     kind = "tikhonov" if cfg.stage == "prior" and cfg.init != "random" else cfg.init
     return initial_point(Y, L, kind, K=K, reg=cfg.init_reg, seed=step, prior=prior)
+
+
+def _load_start(init_from, L):
+    """The frozen start network of a trained model and its sLORETA operator of ``L``."""
+    from ..pretrained import _build_start, load_state
+
+    state, config = load_state(init_from)
+    if config.get("init") != "amortized":
+        raise ValueError(f'init="amortized" needs a model with a start network; '
+                         f'{init_from!r} starts with init={config.get("init")!r}')
+    network = _build_start(config, {k[len("start."):]: v for k, v in state.items()
+                                    if k.startswith("start.")}).to(L.device)
+    network.eval().requires_grad_(False)
+    return (network, tikhonov_operator(L, network.config.reg, "sloreta")), config["start"]
 
 
 def _load_init(module, init_from):
@@ -181,17 +200,17 @@ def _stretch_schedule(sched, T_max):
 
 # -- validation ----------------------------------------------------------------------
 @torch.no_grad()
-def validate(module, cfg, val, L, K, device):
+def validate(module, cfg, val, L, K, device, start=None):
     """Mean upper-level loss and benchmark metrics on the validation set.
 
-    In the ``"prior"`` stage the estimate is ``Φ(X0)``.
+    In the ``"prior"`` stage the estimate is ``Φ(X0)``; ``start`` as in :func:`_X0`.
     """
     per_sample, losses = [], []
     geo = val.geometry
-    for start in range(0, len(val), 16):
-        items = [val[i] for i in range(start, min(start + 16, len(val)))]
+    for first in range(0, len(val), 16):
+        items = [val[i] for i in range(first, min(first + 16, len(val)))]
         Y, X = _to(device, *_stack(items))
-        X0 = _X0(cfg, Y, L, K, 0, module.prior)
+        X0 = _X0(cfg, Y, L, K, 0, module.prior, start)
         if cfg.stage == "prior":
             X_hat = module.prior(X0)
         else:
@@ -251,6 +270,8 @@ def train(cfg, *, resume=False, verbose=None):
                *_operators(cfg, train_sets[0], device))
     _build(run)
     mconf = model_config(cfg, fwd, run.L.shape[1])
+    if run.start is not None:
+        mconf["start"] = run.start_config
     _start_state(run, resume)
     if rank == 0:
         (out / "train_config.json").write_text(cfg.to_json())
@@ -281,6 +302,8 @@ class _Run:
     val: SimulatedDataset
     L: torch.Tensor  # normalised leadfield on the device
     K: torch.Tensor  # Tikhonov operator of L
+    start: tuple = None  # frozen start network and its operator (init="amortized")
+    start_config: dict = None
     module: torch.nn.Module = None
     net: torch.nn.Module = None  # module, or its DDP wrapper
     opt: torch.optim.Optimizer = None
@@ -342,6 +365,8 @@ def _build(run):
     run.module = build_solver(cfg.model, cfg.solver, run.L.shape[1]).to(run.device)
     if cfg.init_from:
         _load_init(run.module, cfg.init_from)
+    if cfg.init == "amortized":
+        run.start, run.start_config = _load_start(cfg.init_from, run.L)
     run.net = run.module
     if run.world > 1:
         run.net = torch.nn.parallel.DistributedDataParallel(run.module)
@@ -388,7 +413,7 @@ def _train_step(run, idx):
     """One optimizer step on the samples ``idx``; the loss."""
     cfg, module, step = run.cfg, run.module, run.state["step"]
     Y, X = _to(run.device, *_batch(run.train_sets, idx, step))
-    X0 = _X0(cfg, Y, run.L, run.K, step, module.prior)
+    X0 = _X0(cfg, Y, run.L, run.K, step, module.prior, run.start)
     if cfg.stage == "prior":
         loss = prior_loss(module.prior, X, X0)
     else:
@@ -410,12 +435,15 @@ def _end_epoch(run, epoch, losses, mconf):
     row = {"epoch": epoch, "step": state["step"], "minutes": state["elapsed"] / 60,
            "train_loss": float(np.mean(losses)) if losses else float("nan"),
            "lr": run.sched.get_last_lr()[0]}
-    row.update(validate(run.module, run.cfg, run.val, run.L, run.K, run.device))
+    row.update(validate(run.module, run.cfg, run.val, run.L, run.K, run.device, run.start))
     state["history"].append(row)
     _write_history(run.out, state["history"])
     logger.info("  " + ", ".join(f"{k}={v:.4g}" for k, v in row.items()))
     _save_checkpoint(run.out, run.module, run.opt, run.sched, state)
-    save_model(run.out, run.module.state_dict(), mconf)
+    state_dict = run.module.state_dict()
+    if run.start is not None:  # the frozen network travels with the model
+        state_dict.update({f"start.{k}": v for k, v in run.start[0].state_dict().items()})
+    save_model(run.out, state_dict, mconf)
 
 
 def _finish_distributed(run):
