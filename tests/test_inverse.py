@@ -153,12 +153,13 @@ def test_leadfield_column_localization(inv, fwd_default):
     assert frac >= FROZEN_RING1_FRACTION, frac
 
 
-# Measured once with the shipped model (fsaverage-ico3-bank-v4, 2026-12-01, an ensemble of
+# Measured once with fsaverage-ico3-bank-v4 (2026-12-01, an ensemble of
 # two start networks, one trained with patches drawn by order, with one residual pass): 31
 # of 40 leadfield columns (0.775) peak within one ring. bank-v3 (its first member alone): 29
 # of 40; without the residual pass (bank-v2): 20 of 40; the first patch-bank model: 28 of
 # 40 (median distance 8.1 mm); v2, trained on extended patches only: 9 of 40 (18.9 mm)
-# (benchmarks/RESULTS.md). Frozen band:
+# (benchmarks/RESULTS.md). bank-v5 (the shipped model) has the same weights; one column is
+# rank-1 data, which its rotation of the components leaves as they are. Frozen band:
 FROZEN_RING1_FRACTION = 0.65
 
 
