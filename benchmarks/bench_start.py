@@ -33,6 +33,7 @@ from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
 from mne_learned_mm.simulation.leadfield import make_leadfield
 from mne_learned_mm.solver.init import tikhonov_operator
+from mne_learned_mm.solver.start import ROTATIONS
 
 METRICS = ("LE", "AUC", "PSNR", "TE")
 
@@ -155,7 +156,7 @@ def main():
                         help="override the amortized start's most temporal components")
     parser.add_argument("--residual-passes", type=int, default=None,
                         help="override the amortized start's residual passes (0: none)")
-    parser.add_argument("--rotation", default=None, choices=("none", "varimax"),
+    parser.add_argument("--rotation", default=None, choices=ROTATIONS,
                         help="override the rotation of the start's temporal components")
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")

@@ -340,11 +340,10 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     if bound is not None:
         solver_kwargs["bound"] = bound
     module = build_solver(config["kind"], solver_kwargs, config["n_sources"])
-    start_state = {k[len("start."):]: v for k, v in state.items() if k.startswith("start.")}
-    state = {k: v for k, v in state.items() if not k.startswith("start.")}
     start_network = None
     if config.get("init") == "amortized":
-        start_network = _build_start(config, start_state, start)
+        start_network = _build_start(config, state, start)
+    state = {k: v for k, v in state.items() if not k.startswith("start.")}
     try:
         module.load_state_dict(state)
     except RuntimeError as exc:
@@ -358,7 +357,10 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
 
 
 def _build_start(config, state, overrides=None):
+    """The start network of a model: its ``start.*`` weights of ``state``."""
     from .solver.start import StartConfig, StartNetwork
+
+    state = {k[len("start."):]: v for k, v in state.items() if k.startswith("start.")}
 
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - {"max_rank", "residual_passes", "rotation"})

@@ -134,8 +134,7 @@ def _load_start(init_from, L):
     if config.get("init") != "amortized":
         raise ValueError(f'init="amortized" needs a model with a start network; '
                          f'{init_from!r} starts with init={config.get("init")!r}')
-    network = _build_start(config, {k[len("start."):]: v for k, v in state.items()
-                                    if k.startswith("start.")}).to(L.device)
+    network = _build_start(config, state).to(L.device)
     network.eval().requires_grad_(False)
     return (network, tikhonov_operator(L, network.config.reg, "sloreta")), config["start"]
 
