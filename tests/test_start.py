@@ -519,3 +519,85 @@ def test_shipped_model_records_the_default_recipe():
     assert config["start"]["members"] == len(recipe.members) == config["trained"]["members"]
     assert config["trained"]["steps"] == sum(recipe.member(k).optim.n_steps
                                              for k in range(len(recipe.members)))
+
+
+def test_lr_schedule_by_steps_or_by_minutes():
+    """Warm-up then cosine to zero, over the steps or over the training minutes."""
+    by_steps = recipe_mod.Optimisation(n_steps=1000)
+    factors = [recipe_mod.lr_factor({"step": s, "minutes": 0.0}, by_steps)
+               for s in range(1000)]
+    assert factors[0] == pytest.approx(1 / 20) and factors[19] == pytest.approx(1.0, abs=1e-3)
+    assert all(a >= b for a, b in zip(factors[19:], factors[20:]))  # decays after warm-up
+    assert factors[500] == pytest.approx(0.5, abs=1e-2)
+    by_time = recipe_mod.Optimisation(minutes=10.0)
+    f = [recipe_mod.lr_factor({"step": 0, "minutes": m}, by_time) for m in (0.1, 5.0, 10.0)]
+    assert f[0] == pytest.approx(0.5, abs=1e-3) and f[1] == pytest.approx(0.5, abs=1e-3)
+    assert f[2] == 0.0
+    assert recipe_mod.progress({"step": 10 ** 6, "minutes": 2.5}, by_time) == 0.25
+
+
+def test_recipe_by_minutes_trains_until_then(tmp_path, fwd_small):
+    """optim.minutes: the step count follows the hardware; the model records the device."""
+    import mne
+
+    fname = tmp_path / "small-fwd.fif"
+    with pytest.warns(RuntimeWarning, match="free orientation"):  # read back, re-fixed
+        mne.write_forward_solution(fname, fwd_small, verbose=False)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
+                                  "optim": {"batch_size": 8, "minutes": 0.02},
+                                  "orders": [0, 1], "mm_from": None, "val_samples": 2}))
+    out = tmp_path / "m"
+    recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(out)])
+    _, config = load_model(out)
+    assert config["trained"]["device"] == "cpu"
+    assert config["trained"]["minutes"] >= 0.0
+    state = torch.load(out / recipe_mod.CKPT, weights_only=False)["state"]
+    assert state["minutes"] >= 0.02 and state["step"] > 1  # ran for its minutes, not 1 step
+
+
+def test_bank_moved_to_the_cpu_draws_the_same(fwd_small):
+    """PatchBank.to(device) with the CPU: the same draws, bit for bit."""
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = PatchBank.from_forward(fwd_small, orders=(0, 2))
+    b = PatchBank.from_forward(fwd_small, orders=(0, 2)).to("cpu")
+    assert b.device == torch.device("cpu")
+    for x, y in zip(a.sample(gen_a, 32, return_patches=True),
+                    b.sample(gen_b, 32, return_patches=True)):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_bank_samples_on_the_gpu(fwd_small):
+    """On a GPU: the step's operators and the topographies are drawn there."""
+    b = PatchBank.from_forward(fwd_small, orders=(0, 2)).to("cuda")
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    keep, T, L = recipe_mod.step_operator(b, gen, recipe_mod.Optimisation(whiten_prob=1.0))
+    y, x = b.sample(gen, 64, BankConfig(), transform=T)
+    assert y.is_cuda and x.is_cuda and L.is_cuda
+    torch.testing.assert_close(y.norm(dim=1), torch.ones(64, device="cuda"))
+
+
+def test_bank_order_weights(bank):
+    """draw="order" with order_weights: the orders in those proportions."""
+    gen = torch.Generator().manual_seed(0)
+    which, amp = bank.draw_mixtures(gen, 3000, BankConfig(draw="order",
+                                                          order_weights=(1, 0, 0, 0)))
+    assert set(bank.orders[which[amp != 0].numpy()]) == {0}
+    which, amp = bank.draw_mixtures(gen, 3000, BankConfig(draw="order", n_patches=(1, 1),
+                                                          order_weights=(3, 1, 1, 1)))
+    share = np.mean(bank.orders[which[:, 0].numpy()] == 0)
+    assert abs(share - 0.5) < 0.04
+    with pytest.raises(ValueError, match='needs draw="order"'):
+        BankConfig(order_weights=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="2 weights for the bank's orders 0-3"):
+        bank.draw_mixtures(gen, 4, BankConfig(draw="order", order_weights=(1, 1)))
+
+
+def test_bank_forward_of_a_montage(fwd_default, fwd_small):
+    """optim.montage: the bank on a denser montage's channels, same head and sources."""
+    assert recipe_mod.bank_forward(fwd_default, None) is fwd_default
+    dense = recipe_mod.bank_forward(fwd_default, "biosemi64")
+    assert dense["nchan"] == 64 and dense["nsource"] == fwd_default["nsource"]
+    with pytest.raises(ValueError, match="another source space"):
+        recipe_mod.bank_forward(fwd_small, "biosemi64")

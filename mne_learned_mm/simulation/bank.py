@@ -60,6 +60,9 @@ class BankConfig:
         (an order with more profiles is drawn more often), or ``"order"``,
         the order uniformly first, as the simulators draw it, then a profile
         and a seed.
+    order_weights : tuple of float | None
+        With ``draw="order"``: relative probability of each of the bank's
+        orders, lowest first (``None``: equal).
     """
 
     n_patches: tuple = (1, 3)
@@ -68,10 +71,16 @@ class BankConfig:
     min_amplitude: float = 0.1
     margin: int = 2
     draw: str = "patch"
+    order_weights: tuple = None
 
     def __post_init__(self):
         if self.draw not in ("patch", "order"):
             raise ValueError(f'draw must be "patch" or "order", got {self.draw!r}')
+        if self.order_weights is not None and (
+                self.draw != "order" or min(self.order_weights) < 0
+                or sum(self.order_weights) <= 0):
+            raise ValueError('order_weights needs draw="order" and non-negative weights '
+                             f'that do not all vanish, got {self.order_weights!r}')
 
 
 class PatchBank:
@@ -164,6 +173,30 @@ class PatchBank:
         """Number of sources."""
         return self.geometry.n_sources
 
+    @property
+    def device(self):
+        """Where the bank's tensors are (:meth:`to`)."""
+        return self.L.device
+
+    def to(self, device):
+        """Move the bank's tensors to ``device`` (in place), e.g. to sample on a GPU.
+
+        :meth:`sample` then needs a :class:`torch.Generator` on the same device.
+
+        Parameters
+        ----------
+        device : str | torch.device
+
+        Returns
+        -------
+        bank : PatchBank
+            ``self``.
+        """
+        for name in ("L", "index", "weight", "images", "hops", "_seed_t", "_order_t",
+                     "_order_weight", "background_factor"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
     def __repr__(self):
         return (f"<PatchBank | {self.n_patches} patches, {self.L.shape[0]} channels, "
                 f"{self.n_sources} sources>")
@@ -184,7 +217,7 @@ class PatchBank:
         """
         n = which.shape[0]
         vals = self.weight[which] * amplitude[..., None]
-        x = torch.zeros(n, self.n_sources, dtype=vals.dtype)
+        x = torch.zeros(n, self.n_sources, dtype=vals.dtype, device=vals.device)
         return x.scatter_add_(1, self.index[which].reshape(n, -1), vals.reshape(n, -1))
 
     def draw_mixtures(self, gen, n, config):
@@ -208,35 +241,42 @@ class PatchBank:
             0 where a mixture has fewer patches.
         """
         k_lo, k_hi = config.n_patches
-        k = torch.randint(k_lo, k_hi + 1, (n,), generator=gen)
-        which = self._draw_patches(gen, (n, k_hi), config.draw)
-        active = torch.arange(k_hi)[None] < k[:, None]
+        k = torch.randint(k_lo, k_hi + 1, (n,), generator=gen, device=gen.device)
+        which = self._draw_patches(gen, (n, k_hi), config)
+        active = torch.arange(k_hi, device=gen.device)[None] < k[:, None]
         for j in range(1, k_hi):
             for attempt in range(5):
                 ok = self._apart(which, j, config.margin)
                 if attempt == 4 or bool(ok[active[:, j]].all()):
                     break
                 redraw = active[:, j] & ~ok
-                which[redraw, j] = self._draw_patches(gen, (int(redraw.sum()),),
-                                                      config.draw)
+                which[redraw, j] = self._draw_patches(gen, (int(redraw.sum()),), config)
             active[:, j] &= ok
-        amp = torch.rand(n, k_hi, generator=gen) * (1 - config.min_amplitude)
+        amp = torch.rand(n, k_hi, generator=gen, device=gen.device) * (1 - config.min_amplitude)
         amp = config.min_amplitude + amp
         amp[:, 0] = 1.0
-        sign = torch.randint(0, 2, (n, k_hi), generator=gen) * 2.0 - 1.0
+        sign = torch.randint(0, 2, (n, k_hi), generator=gen, device=gen.device) * 2.0 - 1.0
         return which, amp * sign * active
 
-    def _draw_patches(self, gen, shape, draw):
-        """Bank indices, uniform over the patches or over the orders."""
-        if draw == "patch":
-            return torch.randint(self.n_patches, shape, generator=gen)
+    def _draw_patches(self, gen, shape, config):
+        """Bank indices, uniform over the patches or over the (weighted) orders."""
+        if config.draw == "patch":
+            return torch.randint(self.n_patches, shape, generator=gen, device=gen.device)
+        weight = self._order_weight
+        if config.order_weights is not None:
+            per_order = torch.as_tensor(config.order_weights, dtype=weight.dtype,
+                                        device=weight.device)
+            if len(per_order) != int(self._order_t.max() - self._order_t.min()) + 1:
+                raise ValueError(f"order_weights has {len(per_order)} weights for the "
+                                 f"bank's orders {int(self._order_t.min())}-"
+                                 f"{int(self._order_t.max())}")
+            weight = weight * per_order[self._order_t - self._order_t.min()]
         n = int(np.prod(shape))
-        return torch.multinomial(self._order_weight, n, replacement=True,
-                                 generator=gen).reshape(shape)
+        return torch.multinomial(weight, n, replacement=True, generator=gen).reshape(shape)
 
     def _apart(self, which, j, margin):
         seeds, orders = self._seed_t[which], self._order_t[which]
-        ok = torch.ones(which.shape[0], dtype=torch.bool)
+        ok = torch.ones(which.shape[0], dtype=torch.bool, device=which.device)
         for i in range(j):
             dist = self.hops[seeds[:, i], seeds[:, j]].long()
             ok &= dist >= orders[:, i] + orders[:, j] + margin
@@ -248,6 +288,7 @@ class PatchBank:
         Parameters
         ----------
         gen : torch.Generator
+            On the bank's device (:meth:`to`).
         n : int
             Number of topographies.
         config : BankConfig | None
@@ -278,8 +319,9 @@ class PatchBank:
         which, amp = self.draw_mixtures(gen, n, config)
         x = self.sources(which, amp)
         clean = torch.einsum("cnk,nk->nc", self.images[:, which], amp)
-        white = torch.randn(n, self.L.shape[0], generator=gen)
-        back = torch.randn(n, self.L.shape[0], generator=gen) @ self.background_factor.T
+        white = torch.randn(n, self.L.shape[0], generator=gen, device=gen.device)
+        back = (torch.randn(n, self.L.shape[0], generator=gen, device=gen.device)
+                @ self.background_factor.T)
         share = _uniform(gen, n, config.background)
         noise = (_unit_rows(_reference(white, keep)) * (1 - share).sqrt()[:, None]
                  + _unit_rows(_reference(back, keep)) * share.sqrt()[:, None])
@@ -291,7 +333,7 @@ class PatchBank:
 
 def _uniform(gen, n, interval):
     lo, hi = interval
-    return lo + (hi - lo) * torch.rand(n, generator=gen)
+    return lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device)
 
 
 def _reference(y, keep):

@@ -26,6 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+import mne
 import numpy as np
 import torch
 from mne.utils import ProgressBar, logger
@@ -43,7 +44,7 @@ from ..solver.start import StartConfig, StartNetwork, amortized_start, peak_loss
 CKPT = "checkpoint_start.pt"
 HISTORY = "history_start.csv"
 #: Recipes shipped with the package: name -> JSON file in ``training/recipes``.
-RECIPES = ("default", "tiny")
+RECIPES = ("default", "gpu", "tiny")
 
 
 @dataclasses.dataclass
@@ -56,6 +57,10 @@ class Optimisation:
         Topographies per step.
     n_steps : int
         Total steps (the cosine learning-rate schedule spans them).
+    minutes : float | None
+        Training minutes instead of ``n_steps``: the schedule spans them and
+        training stops then, so the same recipe makes as many steps as the
+        hardware allows (a GPU many more than a CPU core).
     lr : float
         Peak AdamW learning rate.
     weight_decay : float
@@ -66,6 +71,12 @@ class Optimisation:
         seed, within the localization metric's search zone); 0: not used.
     subset_prob : float
         Probability that a step uses a random channel subset.
+    montage : str | None
+        Channels the bank is built on and the subsets drawn from: ``None``,
+        the forward's; a standard montage name (e.g. ``"colin27_1005"``), its
+        channels on the embedded fsaverage head (the forward must be on its
+        source space), so that subsets of a denser montage teach the network
+        other layouts than the forward's.
     subset_fraction : tuple of float
         Interval of the kept fraction of channels for such a step.
     whiten_prob : float
@@ -76,11 +87,13 @@ class Optimisation:
 
     batch_size: int = 256
     n_steps: int = 20000
+    minutes: float = None
     lr: float = 1e-3
     weight_decay: float = 1e-4
     background_weight: float = 0.5
     peak_weight: float = 0.0
     subset_prob: float = 0.5
+    montage: str = None
     subset_fraction: tuple = (0.3, 1.0)
     whiten_prob: float = 0.3
     seed: int = 0
@@ -222,20 +235,52 @@ def step_operator(bank, gen, optim):
     L : Tensor, shape (n_channels, n_sources)
         ``T`` applied to the bank's leadfield.
     """
-    n = bank.L.shape[0]
-    keep = torch.ones(n, dtype=torch.bool)
-    if torch.rand((), generator=gen) < optim.subset_prob:
+    n, dev = bank.L.shape[0], bank.device
+    keep = torch.ones(n, dtype=torch.bool, device=dev)
+    if torch.rand((), generator=gen, device=dev) < optim.subset_prob:
         lo, hi = optim.subset_fraction
-        k = max(8, int(round(n * (lo + (hi - lo) * float(torch.rand((), generator=gen))))))
-        keep = torch.zeros(n, dtype=torch.bool)
-        keep[torch.randperm(n, generator=gen)[:k]] = True
+        k = max(8, int(round(n * (lo + (hi - lo) * float(torch.rand((), generator=gen,
+                                                                        device=dev))))))
+        keep = torch.zeros(n, dtype=torch.bool, device=dev)
+        keep[torch.randperm(n, generator=gen, device=dev)[:k]] = True
     T = reference_projector(keep)
-    if torch.rand((), generator=gen) < optim.whiten_prob:
-        share = float(torch.rand((), generator=gen))
+    if torch.rand((), generator=gen, device=dev) < optim.whiten_prob:
+        share = float(torch.rand((), generator=gen, device=dev))
         brain = bank.background_factor @ bank.background_factor.T
-        C = (1 - share) * torch.eye(n) + share * brain * n / brain.trace()
+        C = (1 - share) * torch.eye(n, device=dev) + share * brain * n / brain.trace()
         T = whitener(C, T)
     return keep, T, T @ bank.L
+
+
+def bank_forward(fwd, montage):
+    """The forward the patch bank is built on: ``fwd``, or a montage's on its head.
+
+    Parameters
+    ----------
+    fwd : mne.Forward
+    montage : str | None
+        Standard montage name (:func:`mne.channels.make_standard_montage`).
+
+    Returns
+    -------
+    fwd : mne.Forward
+        ``fwd`` itself, or the montage's channels on the embedded fsaverage
+        head, on the same source space.
+    """
+    if montage is None:
+        return fwd
+    from ..head import make_fsaverage_forward
+
+    mont = mne.channels.make_standard_montage(montage)
+    info = mne.create_info(mont.ch_names, 1000.0, "eeg")
+    info.set_montage(mont)
+    dense = make_fsaverage_forward(info, verbose=False)
+    same = all(np.array_equal(a["vertno"], b["vertno"]) for a, b in zip(dense["src"], fwd["src"]))
+    if not same or dense["src"]._subject != fwd["src"]._subject:
+        raise ValueError(f"optim.montage={montage!r} builds the bank on the embedded fsaverage "
+                         "head (ico3); the forward is on another source space: leave montage "
+                         "null for it")
+    return dense
 
 
 # -- validation -----------------------------------------------------------------------
@@ -262,17 +307,39 @@ def validate_start(network, val, device):
 
 
 # -- training -------------------------------------------------------------------------
-def _schedule(opt, n_steps):
-    warm = max(1, n_steps // 50)
-    return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(s, n_steps)
-                                                                     / n_steps)))
+def progress(state, optim):
+    """Share of the schedule done: of ``optim.n_steps``, or of ``optim.minutes``."""
+    if optim.minutes is None:
+        return state["step"] / optim.n_steps
+    return state["minutes"] / optim.minutes
 
 
-def _save(out, net, opt, sched, state, gen):
+def lr_factor(state, optim):
+    """Linear warm-up over the first 2 % of the schedule, then cosine decay to 0.
+
+    Parameters
+    ----------
+    state : dict
+        ``step`` (steps done) and ``minutes`` (training minutes so far).
+    optim : Optimisation
+
+    Returns
+    -------
+    factor : float
+        The learning rate of the next step is ``optim.lr * factor``.
+    """
+    if optim.minutes is None:
+        step, n = state["step"], optim.n_steps
+        warm = min(1.0, (step + 1) / max(1, n // 50))
+    else:
+        warm = min(1.0, max(50 * progress(state, optim), 1e-3))
+    return warm * 0.5 * (1 + np.cos(np.pi * min(1.0, progress(state, optim))))
+
+
+def _save(out, net, opt, state, gen):
     tmp = out / (CKPT + ".tmp")
-    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "state": state, "gen": gen.get_state()}, tmp)
+    torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "state": state,
+                "gen": gen.get_state()}, tmp)
     os.replace(tmp, out / CKPT)
 
 
@@ -350,50 +417,55 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    bank = PatchBank.from_forward(fwd, orders=recipe.orders, profiles=recipe.profiles)
+    bank = PatchBank.from_forward(bank_forward(fwd, recipe.optim.montage),
+                                  orders=recipe.orders, profiles=recipe.profiles)
+    bank.to(device)  # topographies drawn where the network trains
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
                             weight_decay=recipe.optim.weight_decay)
-    sched = _schedule(opt, recipe.optim.n_steps)
-    gen = torch.Generator().manual_seed(recipe.optim.seed)
+    gen = torch.Generator(device=device).manual_seed(recipe.optim.seed)
     state = {"step": 0, "seen": 0, "minutes": 0.0}
     if (out / CKPT).exists():
         ck = torch.load(out / CKPT, map_location=device, weights_only=False)  # our own file
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
         gen.set_state(ck["gen"])
         state = ck["state"]
         logger.info(f"Resuming at step {state['step']} ({state['minutes']:.1f} min)")
     t_run = time.perf_counter()
     t_ckpt = t_eval = t_run
     minutes0 = state["minutes"]
-    steps = range(state["step"], recipe.optim.n_steps)
-    for step in ProgressBar(steps, mesg="start network"):
-        _, T, L = step_operator(bank, gen, recipe.optim)
+    optim = recipe.optim
+    state["device"] = str(device)
+    bar = ProgressBar(1000, mesg="start network")  # in thousandths of the schedule
+    while progress(state, optim) < 1:
+        _, T, L = step_operator(bank, gen, optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
         loss = _step_loss(net, bank, gen, recipe, T, K, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        lr = optim.lr * lr_factor(state, optim)
+        for group in opt.param_groups:
+            group["lr"] = lr
         opt.step()
-        sched.step()
         now = time.perf_counter()
-        state.update(step=step + 1, seen=state["seen"] + recipe.optim.batch_size,
+        state.update(step=state["step"] + 1, seen=state["seen"] + optim.batch_size,
                      minutes=minutes0 + (now - t_run) / 60)
-        last = step + 1 == recipe.optim.n_steps
+        bar.update(min(1000, int(1000 * progress(state, optim))))
+        last = progress(state, optim) >= 1
         over = max_minutes is not None and (now - t_run) / 60 >= max_minutes
         if last or over or now - t_eval >= 60 * recipe.eval_minutes:
             net.eval()
             metrics = validate_start(net, val, device)
             net.train()
-            _append_history(out, {**state, "loss": loss.item(), "lr": sched.get_last_lr()[0],
-                                  **metrics})
+            _append_history(out, {**{k: v for k, v in state.items() if k != "device"},
+                                  "loss": loss.item(), "lr": lr, **metrics})
             logger.info(f"step {state['step']}: loss {loss.item():.4f}, val {metrics}")
             t_eval = time.perf_counter()
         if last or over or now - t_ckpt >= 60 * recipe.checkpoint_minutes:
-            _save(out, net, opt, sched, state, gen)
+            _save(out, net, opt, state, gen)
             t_ckpt = time.perf_counter()
         if over:
             break
@@ -527,17 +599,18 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
             states = list(pool.map(_train_member, *zip(*jobs)))
-    return all(state["step"] >= recipe.member(k).optim.n_steps
-               for k, state in enumerate(states))
+    return all(progress(state, recipe.member(k).optim) >= 1 for k, state in enumerate(states))
 
 
-def export_checkpoint(recipe, fwd, out, device_name="checkpoint"):
+def export_checkpoint(recipe, fwd, out):
     """Write the model of the members' latest checkpoints (see :func:`build_model`).
 
-    The members' training minutes, steps and topographies are summed.
+    The members' training minutes, steps and topographies are summed; the
+    devices they trained on are recorded.
     """
     network = StartNetwork(fwd["nsource"], recipe.start)
     total = {"step": 0, "seen": 0, "minutes": 0.0}
+    devices = set()
     for k, d in enumerate(member_dirs(recipe, out)):
         if not (d / CKPT).exists():
             raise FileNotFoundError(f"No {CKPT} in {d}: nothing to export")
@@ -546,7 +619,8 @@ def export_checkpoint(recipe, fwd, out, device_name="checkpoint"):
         one.load_state_dict(ck["net"])
         network.nets[k].load_state_dict(one.nets[0].state_dict())
         total = {key: total[key] + ck["state"][key] for key in total}
-    build_model(recipe, network.eval(), total, fwd, out, device_name)
+        devices.add(ck["state"].get("device", "unknown"))
+    build_model(recipe, network.eval(), total, fwd, out, ", ".join(sorted(devices)))
 
 
 def main(argv=None):
@@ -564,7 +638,7 @@ def main(argv=None):
                          max_minutes=args.max_minutes, n_jobs=args.n_jobs,
                          n_threads=args.n_threads)
     if done:
-        export_checkpoint(recipe, fwd, Path(args.out), str(device))
+        export_checkpoint(recipe, fwd, Path(args.out))
         logger.info(f"Model written to {args.out}")
     else:
         logger.info(f"Stopped before the last step; run again to resume ({args.out})")
