@@ -24,7 +24,7 @@ CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
-PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v5"}
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v6"}
 
 #: Models too large to ship: name -> dict(fname, sha256, url).
 REGISTRY = {}
@@ -166,6 +166,7 @@ def load_state(name_or_path):
                 f"{str(exc).splitlines()[0][:200]})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{directory / WEIGHTS_FNAME} does not hold a state_dict of tensors")
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in state.items()}
     broken = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
     if broken:
         raise ValueError(f"{directory / WEIGHTS_FNAME} holds NaN or infinite weights in "

@@ -26,7 +26,6 @@ from concurrent.futures import ProcessPoolExecutor
 from importlib import resources
 from pathlib import Path
 
-import mne
 import numpy as np
 import torch
 from mne.utils import ProgressBar, logger
@@ -71,12 +70,6 @@ class Optimisation:
         seed, within the localization metric's search zone); 0: not used.
     subset_prob : float
         Probability that a step uses a random channel subset.
-    montage : str | None
-        Channels the bank is built on and the subsets drawn from: ``None``,
-        the forward's; a standard montage name (e.g. ``"colin27_1005"``), its
-        channels on the embedded fsaverage head (the forward must be on its
-        source space), so that subsets of a denser montage teach the network
-        other layouts than the forward's.
     subset_fraction : tuple of float
         Interval of the kept fraction of channels for such a step.
     whiten_prob : float
@@ -93,7 +86,6 @@ class Optimisation:
     background_weight: float = 0.5
     peak_weight: float = 0.0
     subset_prob: float = 0.5
-    montage: str = None
     subset_fraction: tuple = (0.3, 1.0)
     whiten_prob: float = 0.3
     seed: int = 0
@@ -252,37 +244,6 @@ def step_operator(bank, gen, optim):
     return keep, T, T @ bank.L
 
 
-def bank_forward(fwd, montage):
-    """The forward the patch bank is built on: ``fwd``, or a montage's on its head.
-
-    Parameters
-    ----------
-    fwd : mne.Forward
-    montage : str | None
-        Standard montage name (:func:`mne.channels.make_standard_montage`).
-
-    Returns
-    -------
-    fwd : mne.Forward
-        ``fwd`` itself, or the montage's channels on the embedded fsaverage
-        head, on the same source space.
-    """
-    if montage is None:
-        return fwd
-    from ..head import make_fsaverage_forward
-
-    mont = mne.channels.make_standard_montage(montage)
-    info = mne.create_info(mont.ch_names, 1000.0, "eeg")
-    info.set_montage(mont)
-    dense = make_fsaverage_forward(info, verbose=False)
-    same = all(np.array_equal(a["vertno"], b["vertno"]) for a, b in zip(dense["src"], fwd["src"]))
-    if not same or dense["src"]._subject != fwd["src"]._subject:
-        raise ValueError(f"optim.montage={montage!r} builds the bank on the embedded fsaverage "
-                         "head (ico3); the forward is on another source space: leave montage "
-                         "null for it")
-    return dense
-
-
 # -- validation -----------------------------------------------------------------------
 def validation_set(fwd, n):
     """SEREEGA-style windows for the learning curve (seed 7)."""
@@ -417,8 +378,7 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    bank = PatchBank.from_forward(bank_forward(fwd, recipe.optim.montage),
-                                  orders=recipe.orders, profiles=recipe.profiles)
+    bank = PatchBank.from_forward(fwd, orders=recipe.orders, profiles=recipe.profiles)
     bank.to(device)  # topographies drawn where the network trains
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
@@ -509,7 +469,8 @@ def build_model(recipe, network, state, fwd, out, device_name):
         weights = build_solver("mm", config["solver"], config["n_sources"]).state_dict()
         n_iter = 0
     weights = {k: v for k, v in weights.items() if not k.startswith("start.")}
-    weights.update({f"start.{k}": v for k, v in network.state_dict().items()})
+    # the start networks in float16 (half the file; cast back to float32 on loading)
+    weights.update({f"start.{k}": v.half() for k, v in network.state_dict().items()})
     config = dict(config)
     config.update(
         init="amortized", start=dataclasses.asdict(network.config),
