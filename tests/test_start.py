@@ -479,13 +479,20 @@ def test_inverse_keeps_the_gain_between_calls_and_refits(fwd_default):
     assert inv._gain_cache is None
 
 
-def test_recipe_for_another_forward(tmp_path, fwd_small):
-    """Any forward: the start alone without mm_from; a mismatched mm_from is refused."""
-    fname = tmp_path / "small-fwd.fif"
+@pytest.fixture(scope="module")
+def small_fwd_file(tmp_path_factory, fwd_small):
+    """The small forward as a file (what the recipe CLI reads)."""
     import mne
 
+    fname = tmp_path_factory.mktemp("fwd") / "small-fwd.fif"
     with pytest.warns(RuntimeWarning, match="free orientation"):  # read back, re-fixed
         mne.write_forward_solution(fname, fwd_small, verbose=False)
+    return fname
+
+
+def test_recipe_for_another_forward(tmp_path, fwd_small, small_fwd_file):
+    """Any forward: the start alone without mm_from; a mismatched mm_from is refused."""
+    fname = small_fwd_file
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
                                   "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
@@ -536,13 +543,9 @@ def test_lr_schedule_by_steps_or_by_minutes():
     assert recipe_mod.progress({"step": 10 ** 6, "minutes": 2.5}, by_time) == 0.25
 
 
-def test_recipe_by_minutes_trains_until_then(tmp_path, fwd_small):
+def test_recipe_by_minutes_trains_until_then(tmp_path, small_fwd_file):
     """optim.minutes: the step count follows the hardware; the model records the device."""
-    import mne
-
-    fname = tmp_path / "small-fwd.fif"
-    with pytest.warns(RuntimeWarning, match="free orientation"):  # read back, re-fixed
-        mne.write_forward_solution(fname, fwd_small, verbose=False)
+    fname = small_fwd_file
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
                                   "optim": {"batch_size": 8, "minutes": 0.02},
