@@ -1,5 +1,6 @@
 """Patch bank, amortized start network and its training recipe."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -596,3 +597,15 @@ def test_bank_order_weights(bank):
     with pytest.raises(ValueError, match="2 weights for the bank's orders 0-3"):
         bank.draw_mixtures(gen, 4, BankConfig(draw="order", order_weights=(1, 1)))
 
+
+
+def test_gpu_recipe_is_the_default_model_trained_by_time():
+    """The gpu recipe changes only how long and in what batches the default trains."""
+    default, gpu = recipe_mod.load_recipe("default"), recipe_mod.load_recipe("gpu")
+    assert gpu.optim.minutes is not None and default.optim.minutes is None
+    assert gpu.members == default.members and gpu.bank == default.bank
+    assert gpu.start == default.start and gpu.orders == default.orders
+    timing = ("n_steps", "minutes", "batch_size", "lr")
+    for f in dataclasses.fields(default.optim):
+        if f.name not in timing:
+            assert getattr(gpu.optim, f.name) == getattr(default.optim, f.name), f.name

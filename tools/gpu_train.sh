@@ -2,27 +2,27 @@
 # Train the `gpu` recipe on a lent GPU machine and bring the members back.
 #
 # The machine has PyTorch but not mne, nibabel or pooch, and the working tree
-# that travels must stay under 64 MiB, which the packaged model's weights
-# (47 MB) nearly fill. So, here, once per session:
+# that travels must stay under 64 MiB, which mne's wheels would overflow
+# with the packaged model's weights (38 MB) in it. So, here, once per session:
 #
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #       --implementation cp --platform manylinux_2_28_x86_64 \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       mne==1.13.2 nibabel==5.3.2 pooch==1.8.2 decorator==5.2.1 platformdirs==4.3.8
-#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v5/weights.pt /tmp/  # back after
+#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v6/weights.pt /tmp/  # back after
 #
 # then call the device tool's `run` with carry [".whl"] and the command
 #
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
 #       --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD bash tools/gpu_train.sh
 #
-# (timeout_s 540: the recipe trains its two members side by side for
+# (timeout_s 540: the recipe trains its three members side by side for
 # `optim.minutes` = 6 minutes each). What comes back under $OUT: each member's
 # checkpoint without its optimiser state and with float16 weights (under the
 # 16 MiB a returned file may have), its learning curve and the log. Then, here:
 #
-#   mkdir -p runs/gpu && cp -r FILES_AT/member0 FILES_AT/member1 runs/gpu/
+#   mkdir -p runs/gpu && cp -r FILES_AT/member0 FILES_AT/member1 FILES_AT/member2 runs/gpu/
 #   python -m mne_learned_mm.training.start gpu --out runs/gpu --export
 #
 # writes the model (config.json records the device and the minutes). A local
@@ -36,7 +36,7 @@ PY=${PY:-python3}
 mkdir -p "$OUT"
 (nvidia-smi --query-gpu=name,memory.total --format=csv || true) | tee "$OUT/train.log"
 "$PY" -m mne_learned_mm.training.start "$RECIPE" --out "$RUN" --device "$DEVICE" \
-    --n-jobs 2 2>&1 | tr '\r' '\n' | grep -v "start network: *[0-9]*%" | tee -a "$OUT/train.log"
+    --n-jobs 3 2>&1 | tr '\r' '\n' | grep -v "start network: *[0-9]*%" | tee -a "$OUT/train.log"
 "$PY" - "$RUN" "$OUT" <<'EOF'
 import sys
 from pathlib import Path
