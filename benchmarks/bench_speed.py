@@ -2,14 +2,17 @@
 
 Usage::
 
-    python benchmarks/bench_speed.py [--threads 1 2] [--n-iter 0 10] [--device cpu]
+    python benchmarks/bench_speed.py [--threads 1 2] [--n-iter 0 10] [--device cpu] \
+        [--precision float32 float16]
 
 For a 90-channel evoked of 64 and of 500 samples: milliseconds per
 ``LearnedMMInverse.apply`` (model loaded and fitted once, median of repeats)
 and per ``mne.minimum_norm.apply_inverse`` with a prepared sLORETA operator;
 for 256 epochs of 64 samples: epochs per second in batches (median of 3 after a
 warm-up; 1 with the MM steps). ``--n-iter 0`` is
-the amortized start alone (the shipped default), ``10`` with its ten MM iterations.
+the amortized start alone (the shipped default), ``10`` with its ten MM iterations;
+``--precision float32 float16`` times each storage of the start network's weights (``auto``,
+the default, is float16 on CPU).
 """
 
 import argparse
@@ -69,6 +72,9 @@ def main():
     parser.add_argument("--n-iter", nargs="+", default=["0", "10"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", default="default")
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=("auto", "float32", "float16"),
+                        help="the start network's weights (LearnedMMInverse's precision)")
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     fwd = make_fsaverage_forward(verbose=False)
@@ -99,18 +105,19 @@ def main():
                   f"| {rate:.0f} |", flush=True)
             for n_iter in args.n_iter:
                 n_iter = None if n_iter == "None" else int(n_iter)
-                lmm = LearnedMMInverse(args.model, n_iter=n_iter, device=args.device,
-                                       n_jobs=threads, verbose=False).fit(fwd, verbose=False)
-                row = [_median_ms(lambda e=e: lmm.apply(e, verbose=False),
-                                  max(2, args.reps // (1 if n_iter == 0 else 5)))
-                       for e in evokeds.values()]
-                rate = 1e3 * len(epochs) / _median_ms(
-                    lambda: lmm.apply(epochs, verbose=False), 3 if n_iter == 0 else 1)
-                label = ("start only (n_iter=0)" if n_iter == 0
-                         else f"start + MM (n_iter={n_iter or 'model'})")
-                print(f"| {threads} | learned, {label} | {row[0]:.1f} | {row[1]:.1f} "
-                      f"| {rate:.1f} |", flush=True)
-
+                for precision in args.precision:
+                    lmm = LearnedMMInverse(args.model, n_iter=n_iter, device=args.device,
+                                           precision=precision, n_jobs=threads,
+                                           verbose=False).fit(fwd, verbose=False)
+                    row = [_median_ms(lambda e=e: lmm.apply(e, verbose=False),
+                                      max(2, args.reps // (1 if n_iter == 0 else 5)))
+                           for e in evokeds.values()]
+                    rate = 1e3 * len(epochs) / _median_ms(
+                        lambda: lmm.apply(epochs, verbose=False), 3 if n_iter == 0 else 1)
+                    label = ("start only (n_iter=0)" if n_iter == 0
+                             else f"start + MM (n_iter={n_iter or 'model'})")
+                    print(f"| {threads} | learned, {label}, {precision} | {row[0]:.1f} "
+                          f"| {row[1]:.1f} | {rate:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -6,9 +6,11 @@
 Each model is solved with each ``--n-iter`` (0: the start alone) on the same
 samples, at the array level (average-referenced data, no noise covariance:
 what :func:`mne_learned_mm.apply_learned_mm` does without one). Prints one row
-per model and iteration count: LE, AUC, PSNR, TE (mean ± sd), and the mean
-paired difference to the start alone (± its standard error) for LE and AUC,
-then the solve time per sample. ``--by-share`` adds, per model, the LE of each
+per model, precision and iteration count: LE, AUC, PSNR, TE (mean ± sd), and
+the mean paired difference to the model's first row (± its standard error) for
+LE and AUC, then the solve time per sample. ``--precision float32 float16`` solves
+with the start network's weights in each (``load_model``'s ``precision``).
+``--by-share`` adds, per model, the LE of each
 patch by its share of the clean data's power, and the same with the other
 patches' true contribution subtracted from the data (how well the patch is
 found once nothing masks it: what the noise alone allows).
@@ -160,6 +162,9 @@ def main():
                         help="override the rotation of the start's temporal components")
     parser.add_argument("--bound", default=None,
                         help="override the MM bound (analytic, hvp, scaled, ...)")
+    parser.add_argument("--precision", nargs="+", default=["auto"],
+                        choices=("auto", "float32", "float16"),
+                        help="the start network's weights (load_model's precision)")
     parser.add_argument("--n-threads", type=int, default=1)
     parser.add_argument("--sim-conductivity", type=float, nargs=3, default=None,
                         metavar=("BRAIN", "SKULL", "SCALP"),
@@ -183,21 +188,24 @@ def main():
                       f", simulated with conductivity {tuple(args.sim_conductivity)}")
           + "\n")
     print("| model | MM iterations | LE (mm) | AUC (%) | PSNR (dB) | TE (ms) "
-          "| ΔLE vs start | ΔAUC vs start | ms / sample |")
+          "| ΔLE vs first row | ΔAUC vs first row | ms / sample |")
     print("|---|---:|---|---|---|---|---|---|---:|")
     for spec in args.model:
         name, _, model = spec.partition("=")
         base = None
-        for n_iter in args.n_iter:
-            pipe, config = load_model(model, n_iter=n_iter, start=_start(args),
-                                      bound=args.bound)
-            scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
-            base = scores if base is None else base
-            delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
-                     f"{np.nanstd(scores[k] - base[k]) / np.sqrt(len(items)):.2f}"
-                     for k in ("LE", "AUC")]
-            print(f"| {name} | {n_iter} | " + " | ".join(_fmt(scores[k]) for k in METRICS)
-                  + f" | {delta[0]} | {delta[1]} | {ms:.1f} |", flush=True)
+        for precision in args.precision:
+            label = name if len(args.precision) == 1 else f"{name} ({precision})"
+            for n_iter in args.n_iter:
+                pipe, config = load_model(model, n_iter=n_iter, start=_start(args),
+                                          bound=args.bound, precision=precision)
+                scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
+                base = scores if base is None else base
+                delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
+                         f"{np.nanstd(scores[k] - base[k]) / np.sqrt(len(items)):.2f}"
+                         for k in ("LE", "AUC")]
+                print(f"| {label} | {n_iter} | "
+                      + " | ".join(_fmt(scores[k]) for k in METRICS)
+                      + f" | {delta[0]} | {delta[1]} | {ms:.1f} |", flush=True)
     if args.sloreta:
         scores, ms = _score(_sloreta(L), ds, items, args.batch, L)
         print("| sLORETA | | " + " | ".join(_fmt(scores[k]) for k in METRICS)

@@ -22,6 +22,8 @@ from ._config import get_data_dir
 WEIGHTS_FNAME = "weights.pt"
 CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
+#: arithmetic of the start network (:func:`load_model`)
+PRECISIONS = ("auto", "float32", "float16")
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
 PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v6"}
@@ -306,7 +308,7 @@ def _same(a, b):
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None,
-               start=None):
+               start=None, precision="auto"):
     """Load a model as a ready-to-use :class:`SolverPipeline`.
 
     Parameters
@@ -322,6 +324,13 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
         ``residual_passes``, ``rotation``).
+    precision : "auto" | "float32" | "float16"
+        Storage of the start network's weights. ``"float16"``: float16
+        weights in float32 arithmetic
+        (:func:`~mne_learned_mm.solver.start.half_weight_network`), CPU only;
+        the same sources to ~1e-6 and faster on CPU, where the solve is bound
+        by reading the weights. ``"auto"``: ``"float16"`` on CPU when this
+        torch has it, else ``"float32"``.
 
     Returns
     -------
@@ -352,9 +361,28 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
                          f"{str(exc).splitlines()[0]}") from None
     module.eval().to(device)
     if start_network is not None:
-        start_network.eval().to(device)
+        start_network = _start_precision(start_network.eval().to(device), precision)
     return SolverPipeline(module, config.get("init", "tikhonov"),
                           config.get("init_reg", 1.0 / 9.0), start_network), config
+
+
+def _start_precision(network, precision):
+    """The start network with the weights ``precision`` asks for (:func:`load_model`)."""
+    from .solver.start import half_weight_network
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    device = next(network.parameters()).device
+    if precision == "float32" or (precision == "auto" and device.type != "cpu"):
+        return network
+    if device.type != "cpu":
+        raise ValueError(f"precision='float16' runs on CPU only, the model is on {device}")
+    half = half_weight_network(network)
+    if half is None and precision == "float16":
+        raise RuntimeError(f"precision='float16' needs torch's dynamic quantization to "
+                           f"float16, which torch {torch.__version__} lacks on this CPU: "
+                           "use precision='float32'")
+    return network if half is None else half
 
 
 def _build_start(config, state, overrides=None):

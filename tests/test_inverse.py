@@ -321,3 +321,27 @@ def test_custom_montage_subset(fwd_default, sim):
     assert np.isfinite(stc.data).all()
     fwd32 = make_fsaverage_forward(evoked.copy().pick(keep).info)
     assert fwd32["nchan"] == len(keep)
+
+
+def test_precision_float16_and_float32(fwd_default, sim):
+    """float16 weights (the CPU default) give the float32 sources; epochs as evokeds."""
+    evoked = _evoked(sim[0], sim.info)
+    stcs = {p: LearnedMMInverse(precision=p, device="cpu").fit(fwd_default).apply(evoked)
+            for p in ("float32", "float16")}
+    a, b = stcs["float32"].data, stcs["float16"].data
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * np.abs(a).max())
+    with pytest.raises(ValueError, match="precision must be one of"):
+        LearnedMMInverse(precision="half", device="cpu").fit(fwd_default)
+
+
+def test_non_finite_sources_raise(inv, sim, monkeypatch):
+    """A solver that returns NaN (broken weights) is an error, never garbage in the stc."""
+    solve = inv.solver_.solve
+
+    def broken(Y, L):
+        X, history = solve(Y, L)
+        return X.index_fill(1, torch.tensor([7]), float("nan")), history
+
+    monkeypatch.setattr(inv.solver_, "solve", broken)
+    with pytest.raises(RuntimeError, match="NaN or infinite sources"):
+        inv.apply(_evoked(sim[0], sim.info))

@@ -18,6 +18,7 @@ from mne_learned_mm.solver.start import (
     canonical_sign,
     denoise,
     gavish_donoho_rank,
+    half_weight_network,
     peak_loss,
     rotate_components,
     singular_pairs,
@@ -391,7 +392,7 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     assert config["init"] == "amortized" and config["trained"]["steps"] == 2 * 4
     assert config["trained"]["topographies"] == 2 * 4 * 16
     assert config["start"]["members"] == config["trained"]["members"] == 2
-    pipe, _ = load_model(out)
+    pipe, _ = load_model(out, precision="float32")
     # the model's network is the mean of the members' own checkpoints, in float16
     recipe = recipe_mod.load_recipe("tiny")
     z = torch.randn(3, fwd_default["nsource"])
@@ -609,3 +610,27 @@ def test_gpu_recipe_is_the_default_model_trained_by_time():
     for f in dataclasses.fields(default.optim):
         if f.name not in timing:
             assert getattr(gpu.optim, f.name) == getattr(default.optim, f.name), f.name
+
+
+def test_float16_start_network_is_the_float32_one(fwd_default):
+    """float16 weights (the CPU default): float32's patterns to ~1e-6, row by row."""
+    if half_weight_network(StartNetwork(4, StartConfig(hidden=8, depth=1))) is None:
+        pytest.skip("this torch has no float16 dynamic quantization on this CPU")
+    exact, _ = load_model(precision="float32")
+    fast, _ = load_model()  # "auto": float16 weights on CPU
+    assert all(type(layer) is not torch.nn.Linear for layer in fast.start_network.nets[0][::2])
+    assert all(type(layer) is torch.nn.Linear for layer in exact.start_network.nets[0][::2])
+    bank = PatchBank.from_forward(fwd_default, orders=(0, 2))
+    y = bank.sample(torch.Generator().manual_seed(0), 64)[0]
+    L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
+    z = y @ exact._operator(L).T
+    with torch.no_grad():
+        a, b = exact.start_network(z), fast.start_network(z)
+        scale = a.abs().amax(1, keepdim=True)
+        assert ((a - b).abs() / scale).max() < 1e-4
+        # each row on its own: a topography's pattern does not depend on its batch
+        c = torch.cat([fast.start_network(z[k:k + 1]) for k in range(3)])
+        assert ((c - b[:3]).abs() / scale[:3]).max() < 1e-4
+        torch.testing.assert_close(fast.start_network(-z), -b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        load_model(precision="int8")

@@ -149,6 +149,49 @@ class StartNetwork(nn.Module):
         return x
 
 
+def half_weight_network(network):
+    """A copy of ``network`` whose linear layers keep their weights in float16.
+
+    torch's dynamic quantization to float16
+    (``torch.ao.quantization.quantize_dynamic`` with ``dtype=torch.float16``):
+    the weights are packed as float16 for fbgemm, which converts them inside
+    its matrix product and accumulates in float32; inputs and outputs stay
+    float32, each row computed on its own. A solve on CPU is bound by reading
+    the weights (a few topographies against ~56 MB of float32 weights for
+    three members), and this reads half the bytes: the outputs are float32's
+    to ~1e-6 (the shipped weights are stored in float16 anyway). Dynamic
+    quantization to int8 is faster on large batches but quantizes each
+    batch's activations on their common range, so an epoch's sources would
+    depend on the other epochs of its batch: not used. Inference only (no
+    gradients), CPU only.
+
+    Parameters
+    ----------
+    network : StartNetwork
+        On CPU.
+
+    Returns
+    -------
+    half : StartNetwork | None
+        None when this torch or its quantized engine cannot run float16
+        weights on this CPU.
+    """
+    import warnings
+
+    quantize = getattr(getattr(torch.ao, "quantization", None), "quantize_dynamic", None)
+    if quantize is None or torch.backends.quantized.engine == "none":
+        return None
+    with warnings.catch_warnings():  # torch points eager-mode users to torchao
+        warnings.simplefilter("ignore")
+        try:
+            half = quantize(network, {nn.Linear}, dtype=torch.float16)
+            with torch.no_grad():
+                half(torch.ones(1, network.nets[0][0].in_features))
+        except (RuntimeError, NotImplementedError):  # no fp16 kernels in this engine
+            return None
+    return half
+
+
 def _mlp(n_sources, config):
     sizes = [n_sources] + [config.hidden] * config.depth
     layers = []
