@@ -119,5 +119,6 @@ def main():
                     print(f"| {threads} | learned, {label}, {precision} | {row[0]:.1f} "
                           f"| {row[1]:.1f} | {rate:.1f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from mne.utils import fill_doc, logger, verbose, warn
 
 from ._config import check_device, check_n_jobs
 from ._forward import fixed_surface_forward
-from .pretrained import DEFAULT_MODEL, PRECISIONS, load_model
+from .pretrained import DEFAULT_MODEL, check_precision, load_model
 from .solver.init import fitted_scale
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
@@ -262,9 +262,7 @@ class LearnedMMInverse:
         if self.bound is not None and self.bound not in _BOUNDS:
             raise ValueError(f"bound must be one of {', '.join(map(repr, _BOUNDS))} or "
                              f"None (the model's), got {self.bound!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
-                             f"got {self.precision!r}")
+        check_precision(self.precision)
         _check_batch_size(self.batch_size)
         check_n_jobs(self.n_jobs)
         fwd_fixed = fixed_surface_forward(fwd)

@@ -22,7 +22,7 @@ from ._config import get_data_dir
 WEIGHTS_FNAME = "weights.pt"
 CONFIG_FNAME = "config.json"
 DEFAULT_MODEL = "default"
-#: arithmetic of the start network (:func:`load_model`)
+#: storage of the start network's weights (:func:`load_model`)
 PRECISIONS = ("auto", "float32", "float16")
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
@@ -337,6 +337,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     pipeline : SolverPipeline
     config : dict
     """
+    check_precision(precision)
     state, config = load_state(name_or_path)
     for key in ("kind", "solver", "n_sources", "vertices", "sfreq"):
         if key not in config:
@@ -366,12 +367,17 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
                           config.get("init_reg", 1.0 / 9.0), start_network), config
 
 
+def check_precision(precision):
+    """Raise a ValueError unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
+                         f"got {precision!r}")
+
+
 def _start_precision(network, precision):
     """The start network with the weights ``precision`` asks for (:func:`load_model`)."""
     from .solver.start import half_weight_network
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = next(network.parameters()).device
     if precision == "float32" or (precision == "auto" and device.type != "cpu"):
         return network
