@@ -322,11 +322,11 @@ class LearnedMMInverse:
         _check_flat(Y, data)
         Gw, Yw = (W @ G, W @ Y) if W is not None else (G, Y)
         X = self._solve(Yw, Gw, inst.info["sfreq"], n_threads)
-        stcs = [self._to_stc(x, inst) for x in X]
+        stcs = [self._to_stc(x, inst) for x in _per_sample(X)]
         out = stcs if is_epochs else stcs[0]
         if not return_residual:
             return out
-        return out, _residual(inst, picks, Y - G @ X)
+        return out, _residual(inst, picks, Y - _gain_times(G, X))
 
     def _prepare_gain(self, info):
         """Picks, projector P, projected gain P G and whitener W (or None).
@@ -387,6 +387,15 @@ class LearnedMMInverse:
         return picks, P, G, W
 
     def _solve(self, Y, G, sfreq, n_threads):
+        """Sources of each ``Y[k]`` in A·m: an array, or a pair of factors ``(F, A)``.
+
+        With the start alone (``n_iter=0``) the sources ``X = F A`` have the
+        rank of the denoised data (at most ``max_rank``); they are kept as
+        those factors, as MNE keeps a linear inverse's kernel and sensor data
+        (``SourceEstimate((kernel, sens_data), ...)``), so ``stc.data`` is
+        their product, computed when first read.
+        """
+        low_rank = self.solver_.low_rank
         n_times = Y.shape[-1]
         # the start works per time sample; only the MM iterations' temporal convolutions
         # were trained at the model's rate
@@ -400,21 +409,34 @@ class LearnedMMInverse:
         L = torch.as_tensor(G, dtype=torch.float32, device=self.device_)
         batch_size = int(self.batch_size)
         starts = range(0, len(Y), batch_size)
-        X = np.empty((len(Y), G.shape[1], Y.shape[-1]))  # float64, filled batch by batch
+        if low_rank:  # float64, filled batch by batch
+            r = min(self.solver_.start_network.config.max_rank, *Y.shape[1:])
+            X = (np.empty((len(Y), G.shape[1], r)), np.empty((len(Y), r, Y.shape[-1])))
+        else:
+            X = np.empty((len(Y), G.shape[1], Y.shape[-1]))
 
         def solve(start):
             Yb = torch.as_tensor(Y[start:start + batch_size], dtype=torch.float32,
                                  device=self.device_)
-            Xb, history = self.solver_.solve(Yb, L)
-            Xb = Xb.detach()
-            LX = L @ Xb  # NaN or inf where a source is (nonzero gain columns)
-            if not bool(torch.isfinite(LX).all()):
+            if low_rank:
+                F, A, history = self.solver_.solve_low_rank(Yb, L)
+                LX = (L @ F) @ A
+            else:
+                Xb, history = self.solver_.solve(Yb, L)
+                Xb = Xb.detach()
+                LX = L @ Xb
+            if not bool(torch.isfinite(LX).all()):  # NaN or inf where a source is
                 raise RuntimeError(
                     "The solver returned NaN or infinite sources: the model's weights or "
                     "the data are broken (check the model with "
                     "mne_learned_mm.pretrained.load_state).")
             alpha = fitted_scale(Yb, LX).cpu().numpy()[:, None, None]
-            np.multiply(Xb.cpu().numpy(), alpha, out=X[start:start + len(Xb)])
+            stop = start + len(Yb)
+            if low_rank:
+                np.multiply(F.cpu().numpy(), alpha, out=X[0][start:stop])
+                X[1][start:stop] = A.cpu().numpy()
+            else:
+                np.multiply(Xb.cpu().numpy(), alpha, out=X[start:stop])
             return history.as_numpy()
 
         n_workers = min(n_threads, len(starts)) if self.device_.type == "cpu" else 1
@@ -659,6 +681,16 @@ def _fit_length(X, n_times):
         return X[..., :n_times]
     pad = [(0, 0)] * (X.ndim - 1) + [(0, n_times - X.shape[-1])]
     return np.pad(X, pad, mode="edge")
+
+
+def _per_sample(X):
+    """Each sample's sources: an array, or a (patterns, time courses) pair."""
+    return zip(*X) if isinstance(X, tuple) else X
+
+
+def _gain_times(G, X):
+    """``G X`` for sources as an array or as factors ``(F, A)`` (``G F A``)."""
+    return (G @ X[0]) @ X[1] if isinstance(X, tuple) else G @ X
 
 
 def _merge_histories(histories):

@@ -252,6 +252,43 @@ class SolverPipeline:
         with torch.no_grad():
             return self._solve_normalised(Y, L)
 
+    @property
+    def low_rank(self):
+        """Whether a solve is the amortized start alone, ``X = F A`` of rank ≤ ``max_rank``."""
+        return self.init == "amortized" and getattr(self.module.config, "n_iter", None) == 0
+
+    def solve_low_rank(self, Y, L):
+        """Solve a batch as the factors of ``X = F A`` (only when :attr:`low_rank`).
+
+        The amortized start alone (:func:`~mne_learned_mm.solver.start.start_factors`),
+        in the scale of :meth:`solve`'s up to one factor per sample (the cosine
+        costs do not see it; the caller fits the amplitude).
+
+        Parameters
+        ----------
+        Y : Tensor, shape (n_batch, n_sensors, n_times)
+        L : Tensor, shape (n_sensors, n_sources)
+
+        Returns
+        -------
+        F : Tensor, shape (n_batch, n_sources, r)
+            Source patterns.
+        A : Tensor, shape (n_batch, r, n_times)
+            Their time courses.
+        history : mne_learned_mm.solver.mm.SolverHistory
+            No iteration, no cost (NaN), as :meth:`solve` with ``n_iter=0``.
+        """
+        from .solver.init import unit_frobenius
+        from .solver.mm import start_only_history
+        from .solver.start import start_factors
+
+        if not self.low_rank:
+            raise RuntimeError("solve_low_rank needs the amortized start alone (n_iter=0)")
+        Y, L = unit_frobenius(Y), self._normalised_leadfield(L)
+        with torch.no_grad():
+            F, A = start_factors(Y, L, self.start_network, K=self._operator(L))
+        return F, A, start_only_history(Y[:, 0, 0])
+
     def start(self, Y, L):
         """The solve's starting point ``X0`` (e.g. ``Φ(K Y)``).
 

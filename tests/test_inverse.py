@@ -336,12 +336,45 @@ def test_precision_float16_and_float32(fwd_default, sim):
 
 def test_non_finite_sources_raise(inv, sim, monkeypatch):
     """A solver that returns NaN (broken weights) is an error, never garbage in the stc."""
-    solve = inv.solver_.solve
+    solve = inv.solver_.solve_low_rank
 
     def broken(Y, L):
-        X, history = solve(Y, L)
-        return X.index_fill(1, torch.tensor([7]), float("nan")), history
+        F, A, history = solve(Y, L)
+        return F.index_fill(1, torch.tensor([7]), float("nan")), A, history
 
-    monkeypatch.setattr(inv.solver_, "solve", broken)
+    monkeypatch.setattr(inv.solver_, "solve_low_rank", broken)
     with pytest.raises(RuntimeError, match="NaN or infinite sources"):
         inv.apply(_evoked(sim[0], sim.info))
+    mm = LearnedMMInverse(n_iter=1, device="cpu").fit(inv.fwd_)
+    solve_mm = mm.solver_.solve
+
+    def broken_mm(Y, L):
+        X, history = solve_mm(Y, L)
+        return X.index_fill(1, torch.tensor([7]), float("nan")), history
+
+    monkeypatch.setattr(mm.solver_, "solve", broken_mm)
+    with pytest.raises(RuntimeError, match="NaN or infinite sources"):
+        mm.apply(_evoked(sim[0], sim.info))
+
+
+def test_start_alone_keeps_its_low_rank_factors(inv, sim, monkeypatch):
+    """With n_iter=0 the stc holds X = F A as MNE holds (kernel, sens_data): the same
+    sources and residual as the dense path, rank at most max_rank, MNE's methods work."""
+    info = sim.info
+    epochs = mne.EpochsArray(np.stack([sim[k]["Y"] for k in range(4)]), info, verbose=False)
+    epochs.set_eeg_reference("average", projection=True, verbose=False)
+    stcs, res = inv.apply(epochs, return_residual=True)
+    assert inv.solver_.low_rank and all(s._kernel is not None for s in stcs)
+    monkeypatch.setattr(type(inv.solver_), "low_rank", property(lambda self: False))
+    dense, res_dense = inv.apply(epochs, return_residual=True)
+    assert all(s._kernel is None for s in dense)
+    a, b = np.array([s.data for s in stcs]), np.array([s.data for s in dense])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(b).max())
+    np.testing.assert_allclose(res.get_data(), res_dense.get_data(), rtol=1e-4,
+                               atol=1e-5 * np.abs(res_dense.get_data()).max())
+    max_rank = inv.solver_.start_network.config.max_rank
+    assert max(np.linalg.matrix_rank(x, tol=1e-6 * np.abs(x).max()) for x in a) <= max_rank
+    monkeypatch.undo()
+    lazy = inv.apply(epochs)[1]
+    tmax = lazy.times[len(lazy.times) // 2]
+    np.testing.assert_allclose(lazy.copy().crop(0, tmax).data, a[1][:, lazy.times <= tmax])

@@ -197,13 +197,13 @@ def test_unknown_device(fwd_default):
 def test_n_jobs_sets_and_restores_threads(fwd_default, evoked):
     seen = []
     est = LearnedMMInverse(device="cpu", n_jobs=1).fit(fwd_default)
-    solve = est.solver_.solve
+    solve = est.solver_.solve_low_rank
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return solve(*args, **kwargs)
 
-    est.solver_.solve = spy
+    est.solver_.solve_low_rank = spy
     before = torch.get_num_threads()
     est.apply(evoked)
     assert seen == [1] and torch.get_num_threads() == before

@@ -196,6 +196,23 @@ class _Recorder:
         return SolverHistory(**out)
 
 
+def start_only_history(like):
+    """History of solves that are their start alone: no iteration, no cost (NaN).
+
+    Parameters
+    ----------
+    like : Tensor, shape (n_batch,)
+        Gives the batch size, dtype and device.
+
+    Returns
+    -------
+    history : SolverHistory
+    """
+    rec = _Recorder()
+    rec.add(cost=torch.full_like(like, math.nan))
+    return rec.history(like)
+
+
 def _batched_start(Y, L, X0=None):
     """``X0`` broadcast over the batch (a copy), or the paper's random start if None.
 
@@ -363,10 +380,8 @@ class LearnedMM(nn.Module):
             X = torch.as_tensor(X0, dtype=Y.dtype, device=Y.device)  # nothing to update: no copy
         else:
             X = _batched_start(Y, L, X0)
-        if cfg.n_iter == 0:  # the start alone: no cost is computed (NaN in the history)
-            rec = _Recorder()
-            rec.add(cost=X.new_full(X.shape[:1], math.nan))
-            return X, rec.history(X[:, 0, 0])
+        if cfg.n_iter == 0:
+            return X, start_only_history(X[:, 0, 0])
         L_norm_sq = operator_norm_sq(L)
         free = self._free_iterations(create_graph)
         u, g, stats = self._cost_and_grad(X, Y, L, create_graph and free == 0)

@@ -395,17 +395,7 @@ def denoise(Y, max_rank):
 def amortized_start(Y, L, network, *, K=None):
     """Start ``X0`` from the network applied to each temporal component of ``Y``.
 
-    With ``Y ≈ Σ_k s_k u_k v_kᵀ`` the components above the noise
-    (:func:`gavish_donoho_rank`, at most ``max_rank``), the network maps each
-    spatial component's sLORETA image ``K s_k u_k`` to a source pattern
-    ``f_k`` (:meth:`StartNetwork.patterns`: with its residual passes; the
-    components first rotated by :func:`varimax_rotation` when
-    ``network.config.rotation == "varimax"``), and
-    the time courses come from least squares:
-    ``X0 = F A``, ``A = (L F)⁺ Y_r`` with ``F = [f_1 … f_r]``. So ``X0`` has
-    the rank of the denoised data and each time sample is the least-squares
-    fit of its data within the span of the patterns (``X0(−Y) = −X0(Y)``; the
-    sign ambiguity of the SVD cancels in ``F A``).
+    ``X0 = F A``, the product of :func:`start_factors`.
 
     Parameters
     ----------
@@ -422,6 +412,40 @@ def amortized_start(Y, L, network, *, K=None):
     X0 : Tensor, shape (n_batch, n_sources, n_times)
         In the units of ``Y / L``.
     """
+    F, A = start_factors(Y, L, network, K=K)
+    return F @ A
+
+
+def start_factors(Y, L, network, *, K=None):
+    """Source patterns ``F`` and time courses ``A`` of the start ``X0 = F A``.
+
+    With ``Y ≈ Σ_k s_k u_k v_kᵀ`` the components above the noise
+    (:func:`gavish_donoho_rank`, at most ``max_rank``), the network maps each
+    spatial component's sLORETA image ``K s_k u_k`` to a source pattern
+    ``f_k`` (:meth:`StartNetwork.patterns`: with its residual passes; the
+    components first rotated by :func:`varimax_rotation` when
+    ``network.config.rotation == "varimax"``), and
+    the time courses come from least squares:
+    ``A = (L F)⁺ Y_r`` with ``F = [f_1 … f_r]``. So ``X0`` has
+    the rank of the denoised data and each time sample is the least-squares
+    fit of its data within the span of the patterns (``X0(−Y) = −X0(Y)``; the
+    sign ambiguity of the SVD cancels in ``F A``). Kept as factors, ``X0``
+    costs ``r (n_sources + n_times)`` numbers instead of
+    ``n_sources n_times``.
+
+    Parameters
+    ----------
+    Y, L, network, K
+        As in :func:`amortized_start`.
+
+    Returns
+    -------
+    F : Tensor, shape (n_batch, n_sources, r)
+        Source patterns, zero for the dropped components
+        (``r = min(max_rank, n_sensors, n_times)``).
+    A : Tensor, shape (n_batch, r, n_times)
+        Their time courses, zero rows for the dropped components.
+    """
     cfg = network.config
     K = tikhonov_operator(L, cfg.reg, "sloreta") if K is None else K
     comps, Vh, keep = temporal_components(Y, cfg.max_rank)  # (B, n, r), dropped ones zero
@@ -434,8 +458,7 @@ def amortized_start(Y, L, network, *, K=None):
     F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
         0, kept, network.patterns(topo, L, K))
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
-    A = torch.linalg.pinv(L @ F) @ Y_r  # (B, r, t); zero rows for dropped components
-    return F @ A
+    return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
 
 
 def start_loss(x, x_hat, background_weight=0.5):
