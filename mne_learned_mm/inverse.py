@@ -297,7 +297,11 @@ class LearnedMMInverse:
         Returns
         -------
         stc : mne.SourceEstimate | list of mne.SourceEstimate
-            One estimate for an Evoked, a list for Epochs; data in A·m.
+            One estimate for an Evoked, a list for Epochs; data in A·m. With
+            the start alone (``n_iter=0``, the shipped default) each estimate
+            holds its sources as their low-rank factors ``X = F A`` (rank at
+            most ``max_rank``), as MNE's linear inverses hold their kernel and
+            sensor data: ``stc.data`` is the product, computed when first read.
         residual : mne.Evoked | mne.Epochs
             Only if ``return_residual``.
         """
@@ -500,7 +504,8 @@ def apply_learned_mm(inst, fwd, noise_cov=None, *, model=DEFAULT_MODEL, n_iter=N
     Returns
     -------
     stc : mne.SourceEstimate | list of mne.SourceEstimate
-        Source estimate(s) in A·m, ``subject`` from the forward.
+        Source estimate(s) in A·m, ``subject`` from the forward (low-rank
+        factors with the start alone, see :meth:`LearnedMMInverse.apply`).
     residual : mne.Evoked | mne.Epochs
         Only if ``return_residual``.
 

@@ -266,8 +266,8 @@ class SolverPipeline:
 
         Parameters
         ----------
-        Y : Tensor, shape (n_batch, n_sensors, n_times)
-        L : Tensor, shape (n_sensors, n_sources)
+        Y, L : Tensor
+            As in :meth:`solve`.
 
         Returns
         -------
