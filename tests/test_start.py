@@ -526,8 +526,8 @@ def test_shipped_model_records_the_default_recipe():
     recipe = recipe_mod.load_recipe("default")
     assert recipe_mod.Recipe.from_dict(config["recipe"]) == recipe
     assert config["start"]["members"] == len(recipe.members) == config["trained"]["members"]
-    assert config["trained"]["steps"] == sum(recipe.member(k).optim.n_steps
-                                             for k in range(len(recipe.members)))
+    assert config["trained"]["steps"] == sum(c.n_steps for k in range(len(recipe.members))
+                                             for c in recipe.member(k).optim.cycles())
 
 
 def test_lr_schedule_by_steps_or_by_minutes():
@@ -559,6 +559,46 @@ def test_recipe_by_minutes_trains_until_then(tmp_path, small_fwd_file):
     assert config["trained"]["minutes"] >= 0.0
     state = torch.load(out / recipe_mod.CKPT, weights_only=False)["state"]
     assert state["minutes"] >= 0.02 and state["step"] > 1  # ran for its minutes, not 1 step
+
+
+def test_warm_restarts_continue_the_weights_and_resume_exactly(tmp_path, small_fwd_file):
+    """optim.restarts: further cycles from the last weights, each with a fresh optimiser,
+    its own draws and its own warm-up; stopped after every step and resumed, the same."""
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({
+        "start": {"hidden": 16, "depth": 1},
+        "optim": {"batch_size": 8, "n_steps": 3, "restarts": [{"n_steps": 2, "lr": 5e-4}]},
+        "orders": [0, 1], "mm_from": None, "val_samples": 2, "eval_minutes": 0.0,
+        "checkpoint_minutes": 100.0}))
+    args = [str(recipe), "--fwd", str(small_fwd_file)]
+    torch.manual_seed(0)  # the initial weights: as in a new process
+    recipe_mod.main(args + ["--out", str(tmp_path / "full")])
+    torch.manual_seed(0)
+    for _ in range(5):  # one step per run
+        recipe_mod.main(args + ["--out", str(tmp_path / "steps"), "--max-minutes", "0"])
+    recipe_mod.main(args + ["--out", str(tmp_path / "steps")])  # finished: exports
+    ck = {k: torch.load(tmp_path / k / recipe_mod.CKPT, weights_only=False)
+          for k in ("full", "steps")}
+    assert ck["full"]["state"]["step"] == 5 and ck["full"]["state"]["cycle"] == 1
+    for name, w in ck["full"]["net"].items():
+        torch.testing.assert_close(ck["steps"]["net"][name], w, rtol=0, atol=0)
+    rows = (tmp_path / "full" / recipe_mod.HISTORY).read_text().splitlines()
+    lr = {int(r.split(",")[0]): float(r.split(",")[4]) for r in rows[1:]}
+    cycle0 = recipe_mod.Optimisation(n_steps=3)
+    cycle1 = recipe_mod.Optimisation(n_steps=2, lr=5e-4, seed=100)
+    assert lr[3] == pytest.approx(1e-3 * recipe_mod.lr_factor({"step": 2, "minutes": 0}, cycle0))
+    assert lr[4] == pytest.approx(5e-4 * recipe_mod.lr_factor({"step": 0, "minutes": 0}, cycle1))
+    assert lr[4] > lr[3]  # warmed up again
+    assert json.loads((tmp_path / "steps" / "config.json").read_text())["trained"]["steps"] == 5
+    cycles = recipe_mod.load_recipe(str(recipe)).optim.cycles()
+    assert [(c.n_steps, c.lr, c.seed, c.restarts) for c in cycles] == [
+        (3, 1e-3, 0, ()), (2, 5e-4, 100, ())]
+    ensemble = recipe_mod.Recipe(optim=recipe_mod.Optimisation(
+        restarts=({"n_steps": 2}, {"n_steps": 2, "seed": 7})), members=({}, {}))
+    assert [[c.seed for c in ensemble.member(k).optim.cycles()] for k in (0, 1)] == [
+        [0, 100, 7], [0, 101, 7]]  # own draws per member and cycle unless set
+    with pytest.raises(ValueError, match="optim.restarts sets some of"):
+        recipe_mod.Optimisation(restarts=({"batch_size": 4},))
 
 
 def test_bank_moved_to_the_cpu_draws_the_same(fwd_small):
@@ -606,10 +646,12 @@ def test_gpu_recipe_is_the_default_model_trained_by_time():
     assert gpu.optim.minutes is not None and default.optim.minutes is None
     assert gpu.members == default.members and gpu.bank == default.bank
     assert gpu.start == default.start and gpu.orders == default.orders
-    timing = ("n_steps", "minutes", "batch_size", "lr")
+    timing = ("n_steps", "minutes", "batch_size", "lr", "restarts")
     for f in dataclasses.fields(default.optim):
         if f.name not in timing:
             assert getattr(gpu.optim, f.name) == getattr(default.optim, f.name), f.name
+    assert len(gpu.optim.cycles()) == len(default.optim.cycles())  # the same warm restarts
+    assert all(c.minutes is not None for c in gpu.optim.cycles())
 
 
 def test_float16_start_network_is_the_float32_one(fwd_default):

@@ -10,7 +10,7 @@
 #       --implementation cp --platform manylinux_2_28_x86_64 \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       mne==1.13.2 nibabel==5.3.2 pooch==1.8.2 decorator==5.2.1 platformdirs==4.3.8
-#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v6/weights.pt /tmp/  # back after
+#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v7/weights.pt /tmp/  # back after
 #
 # then call the device tool's `run` with carry [".whl"] and the command
 #
@@ -18,7 +18,7 @@
 #       --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:$PWD bash tools/gpu_train.sh
 #
 # (timeout_s 540: the recipe trains its three members side by side for
-# `optim.minutes` = 6 minutes each). What comes back under $OUT: each member's
+# `optim.minutes` = 4.5 minutes and a warm restart of 1.5 minutes each). What comes back under $OUT: each member's
 # checkpoint without its optimiser state and with float16 weights (under the
 # 16 MiB a returned file may have), its learning curve and the log. Then, here:
 #

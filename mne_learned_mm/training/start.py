@@ -44,6 +44,8 @@ CKPT = "checkpoint_start.pt"
 HISTORY = "history_start.csv"
 #: Recipes shipped with the package: name -> JSON file in ``training/recipes``.
 RECIPES = ("default", "gpu", "tiny")
+#: What a warm restart (:attr:`Optimisation.restarts`) may set.
+RESTART_KEYS = ("n_steps", "minutes", "lr", "seed")
 
 
 @dataclasses.dataclass
@@ -76,6 +78,14 @@ class Optimisation:
         Probability that a step whitens with a random noise covariance
         (white plus brain background, share drawn in ``(0, 1)``).
     seed : int
+    restarts : tuple of dict
+        Further cycles after the first (warm restarts, Loshchilov & Hutter's
+        SGDR): each one continues from the previous cycle's weights with a
+        fresh AdamW, its own draws (its ``seed``; by default
+        ``seed + 100 · cycle + k`` for ensemble member ``k``, see
+        :meth:`Recipe.member`) and its own warm-up and cosine schedule, over
+        its ``n_steps`` (or ``minutes``) at its ``lr`` (the keys of
+        :data:`RESTART_KEYS`; the others as above).
     """
 
     batch_size: int = 256
@@ -89,6 +99,19 @@ class Optimisation:
     subset_fraction: tuple = (0.3, 1.0)
     whiten_prob: float = 0.3
     seed: int = 0
+    restarts: tuple = ()
+
+    def __post_init__(self):
+        for r in self.restarts:
+            if not isinstance(r, dict) or not set(r) <= set(RESTART_KEYS):
+                raise ValueError(f"Each entry of optim.restarts sets some of {RESTART_KEYS}, "
+                                 f"got {r!r}")
+
+    def cycles(self):
+        """The schedule's cycles: this one, then one per entry of :attr:`restarts`."""
+        first = dataclasses.replace(self, restarts=())
+        return [first] + [dataclasses.replace(first, **{"seed": self.seed + 100 * c, **r})
+                          for c, r in enumerate(self.restarts, 1)]
 
 
 @dataclasses.dataclass
@@ -159,14 +182,22 @@ class Recipe:
         return recipe
 
     def member(self, k):
-        """The recipe of ensemble member ``k`` (one network, its overrides applied)."""
+        """The recipe of ensemble member ``k`` (one network, its overrides applied).
+
+        Its warm restarts draw with seed ``optim.seed + 100 · cycle + k``
+        unless they set one, so that no two members or cycles share draws.
+        """
         over = self.members[k]
         parts = {"bank": BankConfig, "optim": Optimisation}
-        return dataclasses.replace(
+        member = dataclasses.replace(
             self, members=({},), start=dataclasses.replace(self.start, members=1),
             **{name: _dataclass(cls, {**dataclasses.asdict(getattr(self, name)),
                                       **over.get(name, {})}, name)
                for name, cls in parts.items()})
+        optim = member.optim
+        restarts = tuple({"seed": optim.seed + 100 * c + k, **r}
+                         for c, r in enumerate(optim.restarts, 1))
+        return dataclasses.replace(member, optim=dataclasses.replace(optim, restarts=restarts))
 
     def to_dict(self):
         """JSON form."""
@@ -383,44 +414,53 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
     logger.info(f"{bank}")
     val = validation_set(fwd, recipe.val_samples)
     net = StartNetwork(bank.n_sources, recipe.start).to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=recipe.optim.lr,
-                            weight_decay=recipe.optim.weight_decay)
-    gen = torch.Generator(device=device).manual_seed(recipe.optim.seed)
+    cycles = recipe.optim.cycles()
     state = {"step": 0, "seen": 0, "minutes": 0.0}
+    opt, gen = _optimiser(net, cycles[0], device)
     if (out / CKPT).exists():
         ck = torch.load(out / CKPT, map_location=device, weights_only=False)  # our own file
         net.load_state_dict(ck["net"])
+        state = ck["state"]
+        opt, gen = _optimiser(net, cycles[_cycle(state)["cycle"]], device)
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
-        state = ck["state"]
         logger.info(f"Resuming at step {state['step']} ({state['minutes']:.1f} min)")
+    state.update(_cycle(state), device=str(device))
     t_run = time.perf_counter()
     t_ckpt = t_eval = t_run
-    minutes0 = state["minutes"]
-    optim = recipe.optim
-    state["device"] = str(device)
+    clock = (t_run, state["minutes"], state["cycle_minutes"])
     bar = ProgressBar(1000, mesg="start network")  # in thousandths of the schedule
-    while progress(state, optim) < 1:
+    while not finished(state, recipe.optim):
+        optim = cycles[state["cycle"]]
+        if progress(_cycle_view(state), optim) >= 1:  # a warm restart from these weights
+            state.update(cycle=state["cycle"] + 1, cycle_step=0, cycle_minutes=0.0)
+            opt, gen = _optimiser(net, cycles[state["cycle"]], device)
+            clock = (time.perf_counter(), state["minutes"], 0.0)
+            logger.info(f"Warm restart: cycle {state['cycle']} at step {state['step']}")
+            continue
         _, T, L = step_operator(bank, gen, optim)
         K = tikhonov_operator(L, recipe.start.reg, "sloreta")
         loss = _step_loss(net, bank, gen, recipe, T, K, device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        lr = optim.lr * lr_factor(state, optim)
+        lr = optim.lr * lr_factor(_cycle_view(state), optim)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
         now = time.perf_counter()
+        elapsed = (now - clock[0]) / 60
         state.update(step=state["step"] + 1, seen=state["seen"] + optim.batch_size,
-                     minutes=minutes0 + (now - t_run) / 60)
-        bar.update(min(1000, int(1000 * progress(state, optim))))
-        last = progress(state, optim) >= 1
+                     minutes=clock[1] + elapsed, cycle_step=state["cycle_step"] + 1,
+                     cycle_minutes=clock[2] + elapsed)
+        done = progress(_cycle_view(state), optim)
+        bar.update(min(1000, int(1000 * (state["cycle"] + min(done, 1)) / len(cycles))))
+        last = done >= 1  # the end of a cycle
         over = max_minutes is not None and (now - t_run) / 60 >= max_minutes
         if last or over or now - t_eval >= 60 * recipe.eval_minutes:
             net.eval()
             metrics = validate_start(net, val, device)
             net.train()
-            _append_history(out, {**{k: v for k, v in state.items() if k != "device"},
+            _append_history(out, {**{k: state[k] for k in ("step", "seen", "minutes")},
                                   "loss": loss.item(), "lr": lr, **metrics})
             logger.info(f"step {state['step']}: loss {loss.item():.4f}, val {metrics}")
             t_eval = time.perf_counter()
@@ -430,6 +470,30 @@ def train_start(recipe, fwd, out, *, device="cpu", max_minutes=None):
         if over:
             break
     return net.eval(), state
+
+
+def finished(state, optim):
+    """Whether a member's training ``state`` has done every cycle of ``optim``."""
+    cycles = optim.cycles()
+    c = _cycle(state)
+    return c["cycle"] == len(cycles) - 1 and progress(_cycle_view(c), cycles[-1]) >= 1
+
+
+def _cycle(state):
+    """The cycle counters of ``state`` (checkpoints from before restarts: cycle 0)."""
+    return {"cycle": state.get("cycle", 0), "cycle_step": state.get("cycle_step", state["step"]),
+            "cycle_minutes": state.get("cycle_minutes", state["minutes"])}
+
+
+def _cycle_view(state):
+    """Steps and minutes within the current cycle, for :func:`progress` and :func:`lr_factor`."""
+    return {"step": state["cycle_step"], "minutes": state["cycle_minutes"]}
+
+
+def _optimiser(net, optim, device):
+    """A fresh AdamW and the draws' generator of one cycle."""
+    opt = torch.optim.AdamW(net.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    return opt, torch.Generator(device=device).manual_seed(optim.seed)
 
 
 def build_model(recipe, network, state, fwd, out, device_name):
@@ -560,7 +624,7 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
             states = list(pool.map(_train_member, *zip(*jobs)))
-    return all(progress(state, recipe.member(k).optim) >= 1 for k, state in enumerate(states))
+    return all(finished(state, recipe.member(k).optim) for k, state in enumerate(states))
 
 
 def export_checkpoint(recipe, fwd, out):
