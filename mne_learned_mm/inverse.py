@@ -108,7 +108,7 @@ class LearnedMMInverse:
     on extended patches and single sources, see :doc:`/how_it_works`); its
     default is that start alone, ``n_iter=10`` adds ten MM steps with the
     descent certificate. For focal, dipole-like sources sLORETA, eLORETA or a
-    dipole fit localise better (single dipoles: 9.9 mm against sLORETA's
+    dipole fit localise better (single dipoles: 8.5 mm against sLORETA's
     7.5 mm on the generalization probe in ``benchmarks/RESULTS.md``).
     """
 

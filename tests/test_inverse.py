@@ -159,8 +159,9 @@ def test_leadfield_column_localization(inv, fwd_default):
 # of 40; without the residual pass (bank-v2): 20 of 40; the first patch-bank model: 28 of
 # 40 (median distance 8.1 mm); v2, trained on extended patches only: 9 of 40 (18.9 mm)
 # (benchmarks/RESULTS.md). bank-v5 has the same weights; one column is rank-1 data, which
-# its rotation of the components leaves as they are. bank-v6 (the shipped model) adds a
-# third member trained with more single sources. Frozen band:
+# its rotation of the components leaves as they are. bank-v6 adds a third member
+# trained with more single sources; bank-v7 (the shipped model) continues the three with a
+# warm restart. Frozen band:
 FROZEN_RING1_FRACTION = 0.65
 
 
