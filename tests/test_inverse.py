@@ -376,6 +376,13 @@ def test_start_alone_keeps_its_low_rank_factors(inv, sim, monkeypatch):
     max_rank = inv.solver_.start_network.config.max_rank
     assert max(np.linalg.matrix_rank(x, tol=1e-6 * np.abs(x).max()) for x in a) <= max_rank
     monkeypatch.undo()
-    lazy = inv.apply(epochs)[1]
-    tmax = lazy.times[len(lazy.times) // 2]
-    np.testing.assert_allclose(lazy.copy().crop(0, tmax).data, a[1][:, lazy.times <= tmax])
+    lazy = inv.apply(epochs)
+    tmax = lazy[1].times[len(lazy[1].times) // 2]
+    np.testing.assert_allclose(lazy[1].copy().crop(0, tmax).data, a[1][:, lazy[1].times <= tmax])
+    np.testing.assert_allclose((lazy[2] * 2 + lazy[2]).data, 3 * a[2])
+    src = inv.fwd_["src"]
+    label = mne.Label(vertices=src[0]["vertno"][:30], hemi="lh", subject=src._subject)
+    tcs = [mne.extract_label_time_course(s, [label], src, mode="mean_flip", verbose=False)
+           for s in (lazy, dense)]
+    np.testing.assert_allclose(np.array(tcs[0]), np.array(tcs[1]), rtol=1e-4,
+                               atol=1e-5 * np.abs(tcs[1]).max())
