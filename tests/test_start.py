@@ -601,6 +601,27 @@ def test_warm_restarts_continue_the_weights_and_resume_exactly(tmp_path, small_f
         recipe_mod.Optimisation(restarts=({"batch_size": 4},))
 
 
+def test_optimiser_is_adamw():
+    """The cycle's optimiser (fused where torch has it) makes AdamW's update."""
+    torch.manual_seed(0)
+    a = torch.nn.Linear(6, 5)
+    b = torch.nn.Linear(6, 5)
+    b.load_state_dict(a.state_dict())
+    before = a.weight.detach().clone()
+    optim = recipe_mod.Optimisation(lr=1e-2, weight_decay=0.1)
+    opt_a, _ = recipe_mod._optimiser(a, optim, "cpu")
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        x = torch.randn(4, 6)
+        for net, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert (a.weight - before).abs().min() > 1e-3  # every weight moved
+
+
 def test_bank_moved_to_the_cpu_draws_the_same(fwd_small):
     """PatchBank.to(device) with the CPU: the same draws, bit for bit."""
     gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
