@@ -10,7 +10,7 @@ import torch
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SourceGeometry, make_leadfield
 from mne_learned_mm.simulation.bank import BankConfig, PatchBank
-from mne_learned_mm.solver.init import fitted_scale, normalise_problem
+from mne_learned_mm.solver.init import fitted_scale, normalise_problem, tikhonov_operator
 from mne_learned_mm.solver.start import (
     StartConfig,
     StartNetwork,
@@ -697,3 +697,27 @@ def test_float16_start_network_is_the_float32_one(fwd_default):
         torch.testing.assert_close(fast.start_network(-z), -b, rtol=0, atol=0)
     with pytest.raises(ValueError, match="precision must be one of"):
         load_model(precision="int8")
+
+
+def test_bfloat16_step_is_the_float32_one(bank):
+    """optim.matmul_dtype="bfloat16": the same step's loss and gradient to bf16's precision."""
+    torch.manual_seed(0)
+    net = StartNetwork(bank.n_sources, StartConfig(hidden=64, depth=2))
+    grads, losses = [], []
+    for dtype in recipe_mod.MATMUL_DTYPES:
+        recipe = recipe_mod.Recipe(optim=recipe_mod.Optimisation(batch_size=64,
+                                                                 matmul_dtype=dtype))
+        gen = torch.Generator().manual_seed(3)
+        _, T, L = recipe_mod.step_operator(bank, gen, recipe.optim)
+        K = tikhonov_operator(L, recipe.start.reg, "sloreta")
+        net.zero_grad()
+        loss = recipe_mod._step_loss(net, bank, gen, recipe, T, K, "cpu")
+        loss.backward()
+        assert loss.dtype == torch.float32
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.ravel() for p in net.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+    assert not torch.equal(grads[0], grads[1])  # bf16 did run: not the float32 numbers
+    with pytest.raises(ValueError, match="matmul_dtype must be one of"):
+        recipe_mod.Optimisation(matmul_dtype="float16")
