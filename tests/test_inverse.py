@@ -160,8 +160,8 @@ def test_leadfield_column_localization(inv, fwd_default):
 # 40 (median distance 8.1 mm); v2, trained on extended patches only: 9 of 40 (18.9 mm)
 # (benchmarks/RESULTS.md). bank-v5 has the same weights; one column is rank-1 data, which
 # its rotation of the components leaves as they are. bank-v6 adds a third member
-# trained with more single sources; bank-v7 (the shipped model) continues the three with a
-# warm restart. Frozen band:
+# trained with more single sources; bank-v7 continues the three with a warm restart;
+# bank-v8 (the shipped model) is that recipe rebuilt from scratch. Frozen band:
 FROZEN_RING1_FRACTION = 0.65
 
 

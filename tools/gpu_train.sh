@@ -10,7 +10,7 @@
 #       --implementation cp --platform manylinux_2_28_x86_64 \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 #       mne==1.13.2 nibabel==5.3.2 pooch==1.8.2 decorator==5.2.1 platformdirs==4.3.8
-#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v7/weights.pt /tmp/  # back after
+#   mv mne_learned_mm/_assets/models/fsaverage-ico3-bank-v8/weights.pt /tmp/  # back after
 #
 # then call the device tool's `run` with carry [".whl"] and the command
 #
