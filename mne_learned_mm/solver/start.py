@@ -54,10 +54,6 @@ class StartConfig:
     rotation : "none" | "varimax"
         Rotation of the kept temporal components before the network sees
         their topographies (:func:`varimax_rotation`); inference only.
-    gate : bool
-        Each member adds a learned gate of its input image to its output,
-        ``x = h(z) + g(z) ⊙ z`` (:class:`GatedMLP`), so the network can keep
-        the image's own peak where it is sharper than what the MLP draws.
     """
 
     hidden: int = 1024
@@ -67,7 +63,6 @@ class StartConfig:
     residual_passes: int = 1
     members: int = 1
     rotation: str = "none"
-    gate: bool = False
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
@@ -191,51 +186,19 @@ def half_weight_network(network):
         try:
             half = quantize(network, {nn.Linear}, dtype=torch.float16)
             with torch.no_grad():
-                n_sources = next(m for m in network.modules() if isinstance(m, nn.Linear)).in_features
-                half(torch.ones(1, n_sources))
+                half(torch.ones(1, network.nets[0][0].in_features))
         except (RuntimeError, NotImplementedError):  # no fp16 kernels in this engine
             return None
     return half
 
 
 def _mlp(n_sources, config):
-    if config.gate:
-        return GatedMLP(n_sources, config.hidden, config.depth)
-    return nn.Sequential(*_hidden_layers(n_sources, config.hidden, config.depth),
-                         nn.Linear(config.hidden, n_sources))
-
-
-def _hidden_layers(n_in, hidden, depth):
-    sizes = [n_in] + [hidden] * depth
+    sizes = [n_sources] + [config.hidden] * config.depth
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.GELU()]
-    return layers
-
-
-class GatedMLP(nn.Module):
-    """MLP with a gated skip of its input: ``x = W_h a(z) + (W_g a(z)) ⊙ z``.
-
-    ``a(z)`` are the hidden layers' features; the gate head ``W_g`` starts at
-    zero, so an untrained gate is the plain MLP.
-
-    Parameters
-    ----------
-    n_sources, hidden, depth : int
-    """
-
-    def __init__(self, n_sources, hidden, depth):
-        super().__init__()
-        self.body = nn.Sequential(*_hidden_layers(n_sources, hidden, depth))
-        self.out = nn.Linear(hidden, n_sources)
-        self.gate = nn.Linear(hidden, n_sources)
-        nn.init.zeros_(self.gate.weight)
-        nn.init.zeros_(self.gate.bias)
-
-    def forward(self, z):
-        """Source pattern of each image, ``(n, n_sources) → (n, n_sources)``."""
-        a = self.body(z)
-        return self.out(a) + self.gate(a) * z
+    layers.append(nn.Linear(sizes[-1], n_sources))
+    return nn.Sequential(*layers)
 
 
 def canonical_sign(z):
