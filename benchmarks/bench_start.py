@@ -1,7 +1,7 @@
 """Start alone vs start + MM, for several models, on one simulated test set.
 
     python benchmarks/bench_start.py --n-iter 0 10 --data sereega --n 500 --seed 42 \
-        --model previous=benchmarks/models/mm-fsaverage-ico3-sereega-v2 --model new=default
+        --model previous=runs/previous --model new=default
 
 Each model is solved with each ``--n-iter`` (0: the start alone) on the same
 samples, at the array level (average-referenced data, no noise covariance:

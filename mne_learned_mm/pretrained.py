@@ -26,7 +26,7 @@ DEFAULT_MODEL = "default"
 PRECISIONS = ("auto", "float32", "float16")
 
 #: Packaged models: name -> directory inside ``mne_learned_mm/_assets/models``.
-PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v8"}
+PACKAGED = {DEFAULT_MODEL: "fsaverage-ico3-bank-v9"}
 
 #: Models too large to ship: name -> dict(fname, sha256, url).
 REGISTRY = {}

@@ -369,6 +369,16 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"members": []}))
     with pytest.raises(ValueError, match="at least one member"):
         recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"mm": [{"stage": "prior", "init_from": "default"}]}))
+    with pytest.raises(ValueError, match="the recipe sets them"):
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"mm": [{"stage": "prior", "lr_max": 1.0}]}))
+    with pytest.raises(ValueError, match="lr_max"):
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"mm": [{"stage": "prior", "solver": {"n_iter": 3}},
+                                       {"solver": {"n_iter": 4}}]}))
+    with pytest.raises(ValueError, match="same 'solver' settings"):
+        recipe_mod.load_recipe(path)
     with pytest.raises(ValueError, match="n_jobs must be at least 1"):
         recipe_mod.train_members(recipe_mod.load_recipe("tiny"), None, tmp_path, n_jobs=0)
     with pytest.raises(FileNotFoundError, match="packaged recipe"):
@@ -390,6 +400,20 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
         assert rows[-1].split(",")[0] == "4"
     config = json.loads((out / "config.json").read_text())
     assert config["init"] == "amortized" and config["trained"]["steps"] == 2 * 4
+    # the MM stages trained after the members, each from the previous one's model
+    assert [(r["stage"], r["done"]) for r in config["trained"]["mm"]] == [
+        ("prior", True), ("bilevel", True)]
+    start_only = json.loads((out / "start" / "config.json").read_text())
+    assert start_only["solver"]["n_iter"] == 0 and "mm" not in start_only["trained"]
+    stage1 = json.loads((out / "mm1" / "train_config.json").read_text())
+    assert stage1["init"] == "amortized" and stage1["init_from"] == str(out / "mm0")
+    assert config["solver"] == {**recipe_mod.load_recipe("tiny").mm[1]["solver"], "n_iter": 1}
+    from mne_learned_mm.pretrained import load_state
+
+    final, stage = load_state(out)[0], load_state(out / "mm1")[0]
+    for name, w in stage.items():  # the model's Φ and curvature net are the last stage's
+        if not name.startswith("start."):
+            torch.testing.assert_close(final[name], w, rtol=0, atol=0)
     assert config["trained"]["topographies"] == 2 * 4 * 16
     assert config["start"]["members"] == config["trained"]["members"] == 2
     pipe, _ = load_model(out, precision="float32")
@@ -493,12 +517,12 @@ def small_fwd_file(tmp_path_factory, fwd_small):
 
 
 def test_recipe_for_another_forward(tmp_path, fwd_small, small_fwd_file):
-    """Any forward: the start alone without mm_from; a mismatched mm_from is refused."""
+    """Any forward: a recipe without MM stages trains and writes the start alone."""
     fname = small_fwd_file
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
                                   "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
-                                  "mm_from": None, "val_samples": 2,
+                                  "val_samples": 2,
                                   "members": [{}, {"optim": {"seed": 1}}]}))
     out = tmp_path / "m"
     # the two members in two processes
@@ -511,11 +535,6 @@ def test_recipe_for_another_forward(tmp_path, fwd_small, small_fwd_file):
     L = torch.as_tensor(make_leadfield(fwd_small), dtype=torch.float32)
     X, _ = pipe.solve(torch.randn(1, L.shape[0], 8), L)
     assert X.shape == (1, L.shape[1], 8) and torch.isfinite(X).all()
-    recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
-                                  "optim": {"batch_size": 8, "n_steps": 2}, "orders": [0, 1],
-                                  "mm_from": "default", "val_samples": 2}))
-    with pytest.raises(ValueError, match="another source space"):
-        recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(tmp_path / "n")])
 
 
 def test_shipped_model_records_the_default_recipe():
@@ -528,6 +547,10 @@ def test_shipped_model_records_the_default_recipe():
     assert config["start"]["members"] == len(recipe.members) == config["trained"]["members"]
     assert config["trained"]["steps"] == sum(c.n_steps for k in range(len(recipe.members))
                                              for c in recipe.member(k).optim.cycles())
+    # its MM refinement was trained by the recipe's stages, to their last step
+    assert [r["stage"] for r in config["trained"]["mm"]] == [s["stage"] for s in recipe.mm]
+    assert all(r["done"] for r in config["trained"]["mm"])
+    assert config["solver"] == {**recipe.mm[-1]["solver"], "n_iter": recipe.n_iter}
 
 
 def test_lr_schedule_by_steps_or_by_minutes():
@@ -551,7 +574,7 @@ def test_recipe_by_minutes_trains_until_then(tmp_path, small_fwd_file):
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"start": {"hidden": 16, "depth": 1},
                                   "optim": {"batch_size": 8, "minutes": 0.02},
-                                  "orders": [0, 1], "mm_from": None, "val_samples": 2}))
+                                  "orders": [0, 1], "val_samples": 2}))
     out = tmp_path / "m"
     recipe_mod.main([str(recipe), "--fwd", str(fname), "--out", str(out)])
     _, config = load_model(out)
@@ -568,7 +591,7 @@ def test_warm_restarts_continue_the_weights_and_resume_exactly(tmp_path, small_f
     recipe.write_text(json.dumps({
         "start": {"hidden": 16, "depth": 1},
         "optim": {"batch_size": 8, "n_steps": 3, "restarts": [{"n_steps": 2, "lr": 5e-4}]},
-        "orders": [0, 1], "mm_from": None, "val_samples": 2, "eval_minutes": 0.0,
+        "orders": [0, 1], "val_samples": 2, "eval_minutes": 0.0,
         "checkpoint_minutes": 100.0}))
     args = [str(recipe), "--fwd", str(small_fwd_file)]
     torch.manual_seed(0)  # the initial weights: as in a new process
@@ -667,6 +690,10 @@ def test_gpu_recipe_is_the_default_model_trained_by_time():
     assert gpu.optim.minutes is not None and default.optim.minutes is None
     assert gpu.members == default.members and gpu.bank == default.bank
     assert gpu.start == default.start and gpu.orders == default.orders
+    # the same MM stages, with more windows in larger batches
+    assert [{k: v for k, v in s.items() if k not in ("n_train", "batch_size")}
+            for s in gpu.mm] == [{k: v for k, v in s.items() if k not in ("n_train", "batch_size")}
+                                 for s in default.mm]
     timing = ("n_steps", "minutes", "batch_size", "lr", "restarts")
     for f in dataclasses.fields(default.optim):
         if f.name not in timing:

@@ -405,35 +405,21 @@ def _parse_models(items, methods):
     return models
 
 
-def _models_dir():
-    """``benchmarks/models`` of a source checkout (benchmarked models not shipped)."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "models"
-    return path if path.is_dir() else None
-
-
 def default_models_here():
-    """The default models of the learned methods that exist on this machine.
+    """The default models of the learned methods that are installed.
 
-    A packaged model (:func:`mne_learned_mm.list_models`), or a directory of
-    ``benchmarks/models`` in a source checkout (``<name>`` or ``mm-<name>``).
+    The packaged models (:func:`mne_learned_mm.list_models`); other models
+    are given with ``--model METHOD=PATH``.
 
     Returns
     -------
     models : dict
-        ``{(method, train_data): model name or directory}``.
+        ``{(method, train_data): model name}``.
     """
     from ..pretrained import list_models
 
-    packaged, models_dir, out = set(list_models()), _models_dir(), {}
-    for key, name in DEFAULT_MODELS.items():
-        if name in packaged:
-            out[key] = name
-            continue
-        for candidate in (name, f"mm-{name}"):
-            if models_dir is not None and (models_dir / candidate / "config.json").is_file():
-                out[key] = str(models_dir / candidate)
-                break
-    return out
+    packaged = set(list_models())
+    return {key: name for key, name in DEFAULT_MODELS.items() if name in packaged}
 
 
 def _positive_int(text):

@@ -9,10 +9,12 @@ every few minutes, writes a learning-curve CSV (``history_start.csv``: step,
 topographies seen, training minutes, loss, validation LE / AUC of the start
 on SEREEGA-style windows) and ends by writing ``weights.pt`` and
 ``config.json``: the start network plus the MM refinement (Φ and the
-curvature net of the model named by the recipe's ``mm_from``). A recipe with
-several ``members`` trains one network per member (``--out/member{k}``, each
-resumable, ``--n-jobs`` of them at once in their own processes) and the model
-averages them.
+curvature net). A recipe with several ``members`` trains one network per
+member (``--out/member{k}``, each resumable, ``--n-jobs`` of them at once in
+their own processes) and the model averages them. The recipe's ``mm`` stages
+then train the MM refinement for that frozen start (``--out/mm{k}``, each a
+run of :func:`mne_learned_mm.training.loop.train`: Φ as a denoiser of the
+start, then Alg. 2), so that one command builds the whole model.
 """
 
 import argparse
@@ -39,6 +41,9 @@ from ..simulation import SereegaConfig, SimulatedDataset
 from ..simulation.bank import BankConfig, PatchBank
 from ..solver.init import normalise_problem, tikhonov_operator
 from ..solver.start import StartConfig, StartNetwork, amortized_start, peak_loss, start_loss
+from .config import TrainConfig
+from .loop import CKPT as MM_CKPT
+from .loop import train
 
 CKPT = "checkpoint_start.pt"
 HISTORY = "history_start.csv"
@@ -46,6 +51,8 @@ HISTORY = "history_start.csv"
 RECIPES = ("default", "gpu", "tiny")
 #: What a warm restart (:attr:`Optimisation.restarts`) may set.
 RESTART_KEYS = ("n_steps", "minutes", "lr", "seed")
+#: The fields of an MM stage's TrainConfig that the recipe sets (:meth:`Recipe.mm_config`).
+MM_KEYS = ("init", "init_from", "out", "fwd", "device")
 #: Values of :attr:`Optimisation.matmul_dtype`.
 MATMUL_DTYPES = ("float32", "bfloat16")
 
@@ -140,9 +147,13 @@ class Recipe:
         Patch orders in the bank.
     profiles : tuple of str
         Spatial profiles in the bank (:data:`~mne_learned_mm.simulation.bank.PROFILES`).
-    mm_from : str | None
-        Model whose MM refinement (Φ, curvature net) the shipped model uses
-        (same source space); ``None``: the start alone (``n_iter=0``).
+    mm : tuple of dict
+        The stages that train the MM refinement (Φ, curvature net) for the
+        trained start, in order: each the fields of a
+        :class:`~mne_learned_mm.training.config.TrainConfig` (all with the
+        same ``solver`` shape; :data:`MM_KEYS` are set by the recipe: the
+        frozen start, the previous stage's weights, the output directory,
+        the forward and the device). ``()``: the start alone (``n_iter=0``).
     n_iter : int
         The model's number of MM iterations after the start (what
         ``n_iter=None`` uses; ``0``: the start alone, the MM refinement one
@@ -162,7 +173,7 @@ class Recipe:
     optim: Optimisation = dataclasses.field(default_factory=Optimisation)
     orders: tuple = (0, 5)
     profiles: tuple = ("gaussian", "wide")
-    mm_from: str = None
+    mm: tuple = ()
     n_iter: int = 10
     val_samples: int = 64
     eval_minutes: float = 5.0
@@ -188,6 +199,8 @@ class Recipe:
             recipe.member(k)  # the overrides' keys are valid
         if not recipe.members:
             raise ValueError("A recipe needs at least one member")
+        for k in range(len(recipe.mm)):
+            recipe.mm_config(k, "start", "mm")  # the stages' fields are valid
         if given is not None and given != len(recipe.members):
             raise ValueError(f"start.members is the number of recipe members "
                              f"({len(recipe.members)}), got {given}")
@@ -211,6 +224,37 @@ class Recipe:
         restarts = tuple({"seed": optim.seed + 100 * c + k, **r}
                          for c, r in enumerate(optim.restarts, 1))
         return dataclasses.replace(member, optim=dataclasses.replace(optim, restarts=restarts))
+
+    def mm_config(self, k, init_from, out, fwd=None, device="cpu"):
+        """The :class:`~mne_learned_mm.training.config.TrainConfig` of MM stage ``k``.
+
+        Parameters
+        ----------
+        k : int
+        init_from : path-like
+            The model this stage starts from: its frozen start network and
+            its weights (the start-only model for stage 0, else stage
+            ``k - 1``).
+        out : path-like
+        fwd : path-like | None
+        device : str
+
+        Returns
+        -------
+        cfg : TrainConfig
+        """
+        stage = self.mm[k]
+        if not isinstance(stage, dict) or set(stage) & set(MM_KEYS):
+            raise ValueError(f"Each recipe mm stage is a dict of TrainConfig fields other "
+                             f"than {MM_KEYS} (the recipe sets them), got {stage!r}")
+        solvers = {json.dumps(s.get("solver", {}), sort_keys=True) for s in self.mm}
+        if len(solvers) > 1:
+            raise ValueError("The recipe's mm stages train one solver: give them the same "
+                             "'solver' settings")
+        cfg = TrainConfig.from_dict({**stage, "init": "amortized", "init_from": str(init_from),
+                                     "out": str(out), "fwd": None if fwd is None else str(fwd),
+                                     "device": str(device)})
+        return cfg.check()
 
     def to_dict(self):
         """JSON form."""
@@ -523,55 +567,55 @@ def _optimiser(net, optim, device):
     return opt, torch.Generator(device=device).manual_seed(optim.seed)
 
 
-def build_model(recipe, network, state, fwd, out, device_name):
+def build_model(recipe, network, state, fwd, out, device_name, mm_dir=None):
     """Write the shipped model: start network + MM refinement, and its config.
 
-    The MM refinement (Φ, curvature net, solver settings) is taken from the
-    model ``recipe.mm_from`` (same source space); without one the model is the
-    start alone (``n_iter=0``).
+    The MM refinement (Φ, curvature net, solver settings) is the one the
+    recipe's last ``mm`` stage trained (the model in ``mm_dir``); without
+    one, the model is the start alone (``n_iter=0``) with an untrained MM
+    module of the stages' solver shape (what the first stage starts from).
 
     Parameters
     ----------
     recipe : Recipe
     network : StartNetwork
     state : dict
-        From :func:`train_start`.
+        From :func:`train_start` (summed over the members).
     fwd : mne.Forward
     out : path-like
     device_name : str
         Where it trained (recorded).
+    mm_dir : path-like | None
+        The last MM stage's output directory.
     """
-    src = fwd["src"]
-    vertices = [s["vertno"].tolist() for s in src]
-    if recipe.mm_from is not None:
-        weights, config = load_state(recipe.mm_from)
-        if config.get("vertices") != vertices:
-            raise ValueError(
-                f"mm_from={recipe.mm_from!r} is a model of another source space "
-                f"({config.get('n_sources')} sources) than the forward ({fwd['nsource']}); "
-                "set mm_from to null for a model of the start alone, or train the MM part "
-                "for this forward with python -m mne_learned_mm.training")
-        n_iter = recipe.n_iter
-    else:  # the start alone: an untrained, never-used MM module keeps the model format
-        from ..pretrained import build_solver
+    from ..pretrained import build_solver
 
-        config = {"kind": "mm", "solver": {"n_iter": 0, "prior_odd": True, "net_even": True},
-                  "n_sources": int(fwd["nsource"]), "sfreq": float(SereegaConfig().sfreq)}
-        weights = build_solver("mm", config["solver"], config["n_sources"]).state_dict()
+    src = fwd["src"]
+    if mm_dir is not None:
+        weights, config = load_state(mm_dir)
+        n_iter = recipe.n_iter
+    else:
+        solver = {"prior_odd": True, "net_even": True,
+                  **(recipe.mm[0].get("solver", {}) if recipe.mm else {}), "n_iter": 0}
+        config = {"kind": "mm", "solver": solver, "n_sources": int(fwd["nsource"]),
+                  "sfreq": float(SereegaConfig().sfreq)}
+        weights = build_solver("mm", solver, config["n_sources"]).state_dict()
         n_iter = 0
     weights = {k: v for k, v in weights.items() if not k.startswith("start.")}
     # the start networks in float16 (half the file; cast back to float32 on loading)
     weights.update({f"start.{k}": v.half() for k, v in network.state_dict().items()})
     config = dict(config)
+    trained = {"device": device_name, "minutes": round(state["minutes"], 1),
+               "steps": state["step"], "topographies": state["seen"],
+               "members": network.config.members}
+    if mm_dir is not None:
+        trained["mm"] = mm_progress(recipe, Path(out))
     config.update(
         init="amortized", start=dataclasses.asdict(network.config),
         solver={**config["solver"], "n_iter": n_iter}, n_sources=int(fwd["nsource"]),
-        subject=src._subject, vertices=vertices,
+        subject=src._subject, vertices=[s["vertno"].tolist() for s in src],
         ch_names=list(fwd["info"]["ch_names"]), code_version=__version__,
-        recipe=recipe.to_dict(), mm_from=str(recipe.mm_from),
-        trained={"device": device_name, "minutes": round(state["minutes"], 1),
-                 "steps": state["step"], "topographies": state["seen"],
-                 "members": network.config.members})
+        recipe=recipe.to_dict(), trained=trained)
     config.pop("train", None)
     config.pop("notes", None)
     save_model(out, weights, config)
@@ -590,7 +634,8 @@ def _parser():
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop this run after so many minutes (resume later)")
     p.add_argument("--n-threads", type=int, default=None,
-                   help="torch threads (of each member's process)")
+                   help="torch threads of each member's process (the MM stages, "
+                        "trained after the members, use n_jobs times as many)")
     p.add_argument("--n-jobs", type=int, default=1,
                    help="ensemble members trained at once, one process each")
     p.add_argument("--export", action="store_true",
@@ -654,12 +699,79 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
     return all(finished(state, recipe.member(k).optim) for k, state in enumerate(states))
 
 
-def export_checkpoint(recipe, fwd, out):
-    """Write the model of the members' latest checkpoints (see :func:`build_model`).
+def mm_dirs(recipe, out):
+    """Where each MM stage of the recipe trains: ``out/mm{k}``."""
+    return [Path(out) / f"mm{k}" for k in range(len(recipe.mm))]
+
+
+def mm_progress(recipe, out):
+    """Each MM stage's stage, steps, minutes, device and whether it finished.
+
+    Returns
+    -------
+    progress : list of dict
+        One per stage that has a checkpoint, in order.
+    """
+    rows = []
+    for k, d in enumerate(mm_dirs(recipe, out)):
+        if not (d / MM_CKPT).is_file():
+            break
+        state = torch.load(d / MM_CKPT, map_location="cpu", weights_only=False)["state"]
+        cfg = json.loads((d / "train_config.json").read_text())
+        rows.append({"stage": cfg["stage"], "steps": state["step"],
+                     "minutes": round(state["elapsed"] / 60, 1), "device": cfg["device"],
+                     "done": state["epoch"] >= cfg["epochs"]})
+    return rows
+
+
+def train_mm(recipe, fwd_fname, out, *, device="cpu", max_minutes=None):
+    """Train the recipe's MM stages in order, for the start-only model ``out/start``.
+
+    Each stage resumes from its checkpoint when it has one (a finished stage
+    is not trained again) and starts from the previous stage's model.
+
+    Parameters
+    ----------
+    recipe : Recipe
+    fwd_fname : path-like | None
+    out : path-like
+    device : str | torch.device
+    max_minutes : float | None
+        Per stage, its ``time_budget_min``.
+
+    Returns
+    -------
+    done : bool
+        Whether every stage finished.
+    """
+    previous = Path(out) / "start"
+    for k, d in enumerate(mm_dirs(recipe, out)):
+        cfg = recipe.mm_config(k, previous, d, fwd_fname, device)
+        if max_minutes is not None:
+            cfg = dataclasses.replace(cfg, time_budget_min=max_minutes)
+        train(cfg, resume=(d / MM_CKPT).is_file())
+        if not mm_progress(recipe, out)[k]["done"]:
+            return False
+        previous = d
+    return True
+
+
+def export_checkpoint(recipe, fwd, out, *, start_only=False):
+    """Write the model of the latest checkpoints (see :func:`build_model`).
 
     The members' training minutes, steps and topographies are summed; the
-    devices they trained on are recorded.
+    devices they trained on are recorded. The MM refinement is the last MM
+    stage's that wrote a model.
+
+    Parameters
+    ----------
+    recipe : Recipe
+    fwd : mne.Forward
+    out : path-like
+    start_only : bool
+        Write the start alone to ``out/start`` (what the MM stages start from).
     """
+    out = Path(out)
     network = StartNetwork(fwd["nsource"], recipe.start)
     total = {"step": 0, "seen": 0, "minutes": 0.0}
     devices = set()
@@ -672,7 +784,10 @@ def export_checkpoint(recipe, fwd, out):
         network.nets[k].load_state_dict(one.nets[0].state_dict())
         total = {key: total[key] + ck["state"][key] for key in total}
         devices.add(ck["state"].get("device", "unknown"))
-    build_model(recipe, network.eval(), total, fwd, out, ", ".join(sorted(devices)))
+    written = [d for d in mm_dirs(recipe, out) if (d / "weights.pt").is_file()]
+    mm_dir = None if start_only or not written else written[-1]
+    build_model(recipe, network.eval(), total, fwd, out / "start" if start_only else out,
+                ", ".join(sorted(devices)), mm_dir=mm_dir)
 
 
 def main(argv=None):
@@ -689,8 +804,14 @@ def main(argv=None):
     done = train_members(recipe, args.fwd, args.out, device=device,
                          max_minutes=args.max_minutes, n_jobs=args.n_jobs,
                          n_threads=args.n_threads)
+    if done and recipe.mm:
+        if args.n_threads:  # the members' processes are done: the stages use all their threads
+            torch.set_num_threads(args.n_threads * args.n_jobs)
+        export_checkpoint(recipe, fwd, args.out, start_only=True)
+        done = train_mm(recipe, args.fwd, args.out, device=device,
+                        max_minutes=args.max_minutes)
     if done:
-        export_checkpoint(recipe, fwd, Path(args.out))
+        export_checkpoint(recipe, fwd, args.out)
         logger.info(f"Model written to {args.out}")
     else:
         logger.info(f"Stopped before the last step; run again to resume ({args.out})")
