@@ -161,7 +161,8 @@ def test_leadfield_column_localization(inv, fwd_default):
 # (benchmarks/RESULTS.md). bank-v5 has the same weights; one column is rank-1 data, which
 # its rotation of the components leaves as they are. bank-v6 adds a third member
 # trained with more single sources; bank-v7 continues the three with a warm restart;
-# bank-v8 is that recipe rebuilt from scratch; bank-v9 (the shipped model) has its start. Frozen band:
+# bank-v8 is that recipe rebuilt from scratch; bank-v9 (the shipped model) has its
+# start. Frozen band:
 FROZEN_RING1_FRACTION = 0.65
 
 
