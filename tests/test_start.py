@@ -375,9 +375,11 @@ def test_recipe_rejects_unknown_keys(tmp_path):
     path.write_text(json.dumps({"mm": [{"stage": "prior", "lr_max": 1.0}]}))
     with pytest.raises(ValueError, match="lr_max"):
         recipe_mod.load_recipe(path)
-    path.write_text(json.dumps({"mm": [{"stage": "prior", "solver": {"n_iter": 3}},
-                                       {"solver": {"n_iter": 4}}]}))
-    with pytest.raises(ValueError, match="same 'solver' settings"):
+    path.write_text(json.dumps({"mm": [{"stage": "prior", "solver": {"n_iter": 3}}]}))
+    with pytest.raises(ValueError, match="the recipe sets them"):  # mm_solver does
+        recipe_mod.load_recipe(path)
+    path.write_text(json.dumps({"mm": [{"stage": "prior"}], "mm_solver": {"prior_hiden": 8}}))
+    with pytest.raises(ValueError, match="prior_hiden"):
         recipe_mod.load_recipe(path)
     with pytest.raises(ValueError, match="n_jobs must be at least 1"):
         recipe_mod.train_members(recipe_mod.load_recipe("tiny"), None, tmp_path, n_jobs=0)
@@ -407,7 +409,8 @@ def test_tiny_recipe_trains_resumes_and_solves(tmp_path, fwd_default):
     assert start_only["solver"]["n_iter"] == 0 and "mm" not in start_only["trained"]
     stage1 = json.loads((out / "mm1" / "train_config.json").read_text())
     assert stage1["init"] == "amortized" and stage1["init_from"] == str(out / "mm0")
-    assert config["solver"] == {**recipe_mod.load_recipe("tiny").mm[1]["solver"], "n_iter": 1}
+    assert config["solver"] == {**recipe_mod.load_recipe("tiny").mm_solver, "n_iter": 1}
+    assert stage1["solver"] == recipe_mod.load_recipe("tiny").mm_solver
     from mne_learned_mm.pretrained import load_state
 
     final, stage = load_state(out)[0], load_state(out / "mm1")[0]
@@ -550,7 +553,7 @@ def test_shipped_model_records_the_default_recipe():
     # its MM refinement was trained by the recipe's stages, to their last step
     assert [r["stage"] for r in config["trained"]["mm"]] == [s["stage"] for s in recipe.mm]
     assert all(r["done"] for r in config["trained"]["mm"])
-    assert config["solver"] == {**recipe.mm[-1]["solver"], "n_iter": recipe.n_iter}
+    assert config["solver"] == {**recipe.mm_solver, "n_iter": recipe.n_iter}
 
 
 def test_lr_schedule_by_steps_or_by_minutes():
@@ -691,6 +694,7 @@ def test_gpu_recipe_is_the_default_model_trained_by_time():
     assert gpu.members == default.members and gpu.bank == default.bank
     assert gpu.start == default.start and gpu.orders == default.orders
     # the same MM stages, with more windows in larger batches
+    assert gpu.mm_solver == default.mm_solver
     assert [{k: v for k, v in s.items() if k not in ("n_train", "batch_size")}
             for s in gpu.mm] == [{k: v for k, v in s.items() if k not in ("n_train", "batch_size")}
                                  for s in default.mm]

@@ -52,7 +52,7 @@ RECIPES = ("default", "gpu", "tiny")
 #: What a warm restart (:attr:`Optimisation.restarts`) may set.
 RESTART_KEYS = ("n_steps", "minutes", "lr", "seed")
 #: The fields of an MM stage's TrainConfig that the recipe sets (:meth:`Recipe.mm_config`).
-MM_KEYS = ("init", "init_from", "out", "fwd", "device")
+MM_KEYS = ("init", "init_from", "out", "fwd", "device", "solver")
 #: Values of :attr:`Optimisation.matmul_dtype`.
 MATMUL_DTYPES = ("float32", "bfloat16")
 
@@ -150,10 +150,13 @@ class Recipe:
     mm : tuple of dict
         The stages that train the MM refinement (Φ, curvature net) for the
         trained start, in order: each the fields of a
-        :class:`~mne_learned_mm.training.config.TrainConfig` (all with the
-        same ``solver`` shape; :data:`MM_KEYS` are set by the recipe: the
-        frozen start, the previous stage's weights, the output directory,
-        the forward and the device). ``()``: the start alone (``n_iter=0``).
+        :class:`~mne_learned_mm.training.config.TrainConfig` but
+        :data:`MM_KEYS`, which the recipe sets: the frozen start, the
+        previous stage's weights, the output directory, the forward, the
+        device and :attr:`mm_solver`. ``()``: the start alone (``n_iter=0``).
+    mm_solver : dict
+        The solver the stages train (``TrainConfig.solver``: the MM
+        iteration, Φ as ``prior_*``, the curvature net as ``net_*``).
     n_iter : int
         The model's number of MM iterations after the start (what
         ``n_iter=None`` uses; ``0``: the start alone, the MM refinement one
@@ -174,6 +177,7 @@ class Recipe:
     orders: tuple = (0, 5)
     profiles: tuple = ("gaussian", "wide")
     mm: tuple = ()
+    mm_solver: dict = dataclasses.field(default_factory=dict)
     n_iter: int = 10
     val_samples: int = 64
     eval_minutes: float = 5.0
@@ -247,11 +251,8 @@ class Recipe:
         if not isinstance(stage, dict) or set(stage) & set(MM_KEYS):
             raise ValueError(f"Each recipe mm stage is a dict of TrainConfig fields other "
                              f"than {MM_KEYS} (the recipe sets them), got {stage!r}")
-        solvers = {json.dumps(s.get("solver", {}), sort_keys=True) for s in self.mm}
-        if len(solvers) > 1:
-            raise ValueError("The recipe's mm stages train one solver: give them the same "
-                             "'solver' settings")
-        cfg = TrainConfig.from_dict({**stage, "init": "amortized", "init_from": str(init_from),
+        cfg = TrainConfig.from_dict({**stage, "solver": dict(self.mm_solver),
+                                     "init": "amortized", "init_from": str(init_from),
                                      "out": str(out), "fwd": None if fwd is None else str(fwd),
                                      "device": str(device)})
         return cfg.check()
@@ -595,8 +596,7 @@ def build_model(recipe, network, state, fwd, out, device_name, mm_dir=None):
         weights, config = load_state(mm_dir)
         n_iter = recipe.n_iter
     else:
-        solver = {"prior_odd": True, "net_even": True,
-                  **(recipe.mm[0].get("solver", {}) if recipe.mm else {}), "n_iter": 0}
+        solver = {"prior_odd": True, "net_even": True, **recipe.mm_solver, "n_iter": 0}
         config = {"kind": "mm", "solver": solver, "n_sources": int(fwd["nsource"]),
                   "sfreq": float(SereegaConfig().sfreq)}
         weights = build_solver("mm", solver, config["n_sources"]).state_dict()
