@@ -20,6 +20,12 @@ For each sample, five estimates are scored with the benchmark metrics:
   certificate stay valid): how far the MM steps carry the start when the
   prior points at the answer, i.e. whether the steps or Φ limit the solve.
 
+A second table gives the lower-level cost ``u`` (and its data and prior terms)
+on the noisy data at three points: the start ``X0``, the true sources (scaled
+by least squares to the data) and the end of the solve, with the share of
+samples where the truth costs less than the start. Descent on ``u`` can
+only carry the start towards the truth where ``u(X) < u(X0)``.
+
 The gap between rows 4 and 3 is what the noise costs, between rows 3 and 2
 what the MM steps add to the start (``benchmarks/RESULTS.md``, eighth
 session), between rows 5 and 4 what a better Φ could buy. ``--n-iter``
@@ -36,10 +42,12 @@ from mne_learned_mm.evaluation.benchmark import _load_forward
 from mne_learned_mm.evaluation.metrics import compute_metrics
 from mne_learned_mm.pretrained import load_model
 from mne_learned_mm.simulation import SimulatedDataset, default_config
-from mne_learned_mm.solver.init import normalise_problem
+from mne_learned_mm.solver.init import fitted_scale, normalise_problem
+from mne_learned_mm.solver.objective import lower_cost_terms
 
 ESTIMATES = ("Φ(X)", "start, noise-free", "solve, noise-free", "solve, SNR",
              "solve, SNR, Φ = truth")
+POINTS = ("start X0", "truth X", "solve")
 
 
 class _Truth(torch.nn.Module):
@@ -59,7 +67,8 @@ class _Truth(torch.nn.Module):
 
 
 def _estimates(pipe, X, Y, L):
-    """The five estimates of one sample, shape (n_sources, n_times) each."""
+    """The five estimates of one sample, shape (n_sources, n_times) each, and the cost
+    terms ``(u, data, prior)`` on the noisy data at each of :data:`POINTS`."""
     X = X / X.norm()
     Y_clean, L = normalise_problem((L @ X)[None], L)
     Y_noisy, _ = normalise_problem(Y[None], L)
@@ -67,12 +76,20 @@ def _estimates(pipe, X, Y, L):
     with torch.no_grad():
         out = [prior(X[None]), pipe.start(Y_clean, L), pipe.solve(Y_clean, L)[0],
                pipe.solve(Y_noisy, L)[0]]
+        points = (pipe.start(Y_noisy, L), X[None] * fitted_scale(Y_noisy, L @ X[None]), out[3])
+        costs = [_cost_terms(P, Y_noisy, L, prior, pipe.module.config.lam) for P in points]
         pipe.module.prior = _Truth(X[None])
         try:
             out.append(pipe.solve(Y_noisy, L)[0])
         finally:
             pipe.module.prior = prior
-    return [x[0].double().numpy() for x in out]
+    return [x[0].double().numpy() for x in out], costs
+
+
+def _cost_terms(X, Y, L, prior, lam):
+    """``(u, 1 − cos(Y, L X), 1 − cos(X, Φ(X)))`` of one sample."""
+    u, stats = lower_cost_terms(X, Y, L, prior, lam)
+    return u.item(), 1 - stats["cos_data"].item(), 1 - stats["cos_prior"].item()
 
 
 def main():
@@ -95,13 +112,14 @@ def main():
     L = torch.tensor(ds.L - ds.L.mean(axis=0), dtype=torch.float32)
     pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
     scores = {name: [] for name in ESTIMATES}
-    n_patches = []
+    costs, n_patches = [], []
     for i in range(len(ds)):
         sample = ds[i]
         X = np.asarray(sample["X"], np.float64)
         Y = sample["Y"] - sample["Y"].mean(axis=0)
-        estimates = _estimates(pipe, torch.tensor(X, dtype=torch.float32),
-                               torch.tensor(Y, dtype=torch.float32), L)
+        estimates, cost = _estimates(pipe, torch.tensor(X, dtype=torch.float32),
+                                     torch.tensor(Y, dtype=torch.float32), L)
+        costs.append(cost)
         for name, X_hat in zip(ESTIMATES, estimates):
             scores[name].append(compute_metrics(X, X_hat, sample["seeds"], sample["patches"],
                                                 pos, adjacency, ds.sfreq))
@@ -117,6 +135,20 @@ def main():
         auc = np.array([m["AUC"] for m in scores[name]])
         print(f"| {name} | " + " | ".join(f"{le[s].mean():.2f} / {auc[s].mean():.2f}"
                                            for _, s in groups) + " |")
+    _print_costs(np.array(costs), pipe.module.config.lam)
+
+
+def _print_costs(costs, lam):
+    """Mean cost terms at each point; costs has shape (n, len(POINTS), 3)."""
+    u = costs[..., 0]
+    print(f"\nLower-level cost on the noisy data (λ = {lam:g}), mean over the samples:")
+    print("| point | u | 1 − cos(Y, L X) | 1 − cos(X, Φ(X)) |")
+    print("|---|---|---|---|")
+    for k, name in enumerate(POINTS):
+        print(f"| {name} | " + " | ".join(f"{costs[:, k, j].mean():.4f}" for j in range(3))
+              + " |")
+    print(f"Share of samples with u(X) < u(X0): {(u[:, 1] < u[:, 0]).mean():.2f}; "
+          f"with u(solve) < u(X): {(u[:, 2] < u[:, 1]).mean():.2f}")
 
 
 if __name__ == "__main__":

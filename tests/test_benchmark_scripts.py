@@ -25,6 +25,14 @@ def test_prior_floor_script_prints_its_table(extra):
     assert len(rows) == 5, out
     for le, auc in rows.values():
         assert 0 <= le < 150 and 0 <= auc <= 100
+    costs = {m[1]: [float(v) for v in m.groups()[1:]] for m in (
+        re.match(r"\| (start X0|truth X|solve) \| ([\d.-]+) \| ([\d.-]+) \| ([\d.-]+) \|",
+                 line) for line in out.splitlines()) if m}
+    assert len(costs) == 3, out
+    for u, data, prior in costs.values():  # u = data + λ prior, λ = 1
+        assert u == pytest.approx(data + prior, abs=2e-4) and 0 <= prior <= 2
+    shares = re.search(r"u\(X\) < u\(X0\): ([\d.]+); with u\(solve\) < u\(X\): ([\d.]+)", out)
+    assert shares and all(0 <= float(v) <= 1 for v in shares.groups()), out
 
 
 def test_start_script_prints_its_table():
