@@ -29,8 +29,9 @@ def test_prior_floor_script_prints_its_table(extra):
         re.match(r"\| (start X0|truth X|solve) \| ([\d.-]+) \| ([\d.-]+) \| ([\d.-]+) \|",
                  line) for line in out.splitlines()) if m}
     assert len(costs) == 3, out
-    for u, data, prior in costs.values():  # u = data + λ prior, λ = 1
-        assert u == pytest.approx(data + prior, abs=2e-4) and 0 <= prior <= 2
+    lam = float(re.search(r"\(λ = ([\d.e+-]+)\)", out)[1])
+    for u, data, prior in costs.values():  # u = data + λ prior
+        assert u == pytest.approx(data + lam * prior, abs=2e-4) and 0 <= prior <= 2
     shares = re.search(r"u\(X\) < u\(X0\): ([\d.]+); with u\(solve\) < u\(X\): ([\d.]+)", out)
     assert shares and all(0 <= float(v) <= 1 for v in shares.groups()), out
 
