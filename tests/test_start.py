@@ -752,3 +752,13 @@ def test_bfloat16_step_is_the_float32_one(bank):
     assert not torch.equal(grads[0], grads[1])  # bf16 did run: not the float32 numbers
     with pytest.raises(ValueError, match="matmul_dtype must be one of"):
         recipe_mod.Optimisation(matmul_dtype="float16")
+
+
+def test_member_threads_fill_idle_cores():
+    """Members left over by the last round of n_jobs share the idle processes' threads."""
+    assert recipe_mod.member_threads(3, 2, 1) == [1, 1, 2]
+    assert recipe_mod.member_threads(4, 2, 1) == [1, 1, 1, 1]
+    assert recipe_mod.member_threads(5, 3, 2) == [2, 2, 2, 3, 3]
+    assert recipe_mod.member_threads(3, 1, 2) == [2, 2, 2]
+    assert recipe_mod.member_threads(1, 2, 1) == [2]
+    assert recipe_mod.member_threads(3, 2, None) == [None] * 3

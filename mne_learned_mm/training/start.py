@@ -634,8 +634,9 @@ def _parser():
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop this run after so many minutes (resume later)")
     p.add_argument("--n-threads", type=int, default=None,
-                   help="torch threads of each member's process (the MM stages, "
-                        "trained after the members, use n_jobs times as many)")
+                   help="torch threads of each member's process (members left over "
+                        "when the others are done, and the MM stages after them, use "
+                        "the idle processes' threads too)")
     p.add_argument("--n-jobs", type=int, default=1,
                    help="ensemble members trained at once, one process each")
     p.add_argument("--export", action="store_true",
@@ -678,7 +679,8 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
     n_jobs : int
         Members trained at once, one process each.
     n_threads : int | None
-        Torch threads of each process.
+        Torch threads of each process; the members of a last, incomplete
+        round share the idle processes' threads (:func:`member_threads`).
 
     Returns
     -------
@@ -688,8 +690,9 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
     if n_jobs < 1:
         raise ValueError(f"n_jobs must be at least 1, got {n_jobs}")
     dirs = member_dirs(recipe, out)
-    jobs = [(recipe, k, fwd_fname, d, device, max_minutes, n_threads)
-            for k, d in enumerate(dirs)]
+    threads = member_threads(len(dirs), n_jobs, n_threads)
+    jobs = [(recipe, k, fwd_fname, d, device, max_minutes, t)
+            for k, (d, t) in enumerate(zip(dirs, threads))]
     if n_jobs == 1 or len(jobs) == 1:
         states = [_train_member(*job) for job in jobs]
     else:
@@ -697,6 +700,35 @@ def train_members(recipe, fwd_fname, out, *, device="cpu", max_minutes=None, n_j
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx) as pool:
             states = list(pool.map(_train_member, *zip(*jobs)))
     return all(finished(state, recipe.member(k).optim) for k, state in enumerate(states))
+
+
+def member_threads(n_members, n_jobs, n_threads):
+    """Torch threads of each member's process.
+
+    Members train ``n_jobs`` at a time in the order of the recipe, so when
+    ``n_members`` is not a multiple of ``n_jobs`` the last ones train while
+    the other processes' cores are idle: they share those cores' threads
+    (three members on two cores: the third trains alone with both).
+
+    Parameters
+    ----------
+    n_members : int
+    n_jobs : int
+        Members trained at once.
+    n_threads : int | None
+        Threads of each process (``None``: torch's default for all).
+
+    Returns
+    -------
+    threads : list of int | None
+        One per member.
+    """
+    if n_threads is None:
+        return [None] * n_members
+    last = n_members % n_jobs  # members of the last, incomplete round
+    full = n_members - last
+    return [n_threads if k < full else n_threads * n_jobs // last
+            for k in range(n_members)]
 
 
 def mm_dirs(recipe, out):
