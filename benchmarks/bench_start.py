@@ -6,10 +6,12 @@
 Each model is solved with each ``--n-iter`` (0: the start alone) on the same
 samples, at the array level (average-referenced data, no noise covariance:
 what :func:`mne_learned_mm.apply_learned_mm` does without one). Prints one row
-per model, precision and iteration count: LE, AUC, PSNR, TE (mean ± sd), and
-the mean paired difference to the model's first row (± its standard error) for
-LE and AUC, then the solve time per sample. ``--precision float32 float16`` solves
-with the start network's weights in each (``load_model``'s ``precision``).
+per model, precision and iteration count: LE, AUC, PSNR, TE (mean ± sd), the
+mean paired difference to the model's first row (± its standard error) for LE
+and AUC, the same for LE, AUC and PSNR against the first model's row of the same
+precision and iteration count, then the solve time per sample.
+``--precision float32 float16`` solves with the start network's weights in
+each (``load_model``'s ``precision``).
 ``--by-share`` adds, per model, the LE of each
 patch by its share of the clean data's power, and the same with the other
 patches' true contribution subtracted from the data (how well the patch is
@@ -142,6 +144,12 @@ def _fmt(v):
     return f"{np.nanmean(v):.2f} ± {np.nanstd(v):.2f}"
 
 
+def _paired(scores, base, keys):
+    """Mean paired difference ± its standard error, per metric."""
+    return [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
+            f"{np.nanstd(scores[k] - base[k]) / np.sqrt(len(scores[k])):.2f}" for k in keys]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
@@ -188,8 +196,10 @@ def main():
                       f", simulated with conductivity {tuple(args.sim_conductivity)}")
           + "\n")
     print("| model | MM iterations | LE (mm) | AUC (%) | PSNR (dB) | TE (ms) "
-          "| ΔLE vs first row | ΔAUC vs first row | ms / sample |")
-    print("|---|---:|---|---|---|---|---|---|---:|")
+          "| ΔLE vs first row | ΔAUC vs first row | ΔLE / ΔAUC / ΔPSNR vs first model "
+          "| ms / sample |")
+    print("|---|---:|---|---|---|---|---|---|---|---:|")
+    first_model = {}
     for spec in args.model:
         name, _, model = spec.partition("=")
         base = None
@@ -200,16 +210,16 @@ def main():
                                           bound=args.bound, precision=precision)
                 scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
                 base = scores if base is None else base
-                delta = [f"{np.nanmean(scores[k] - base[k]):+.2f} ± "
-                         f"{np.nanstd(scores[k] - base[k]) / np.sqrt(len(items)):.2f}"
-                         for k in ("LE", "AUC")]
+                delta = _paired(scores, base, ("LE", "AUC"))
+                other = first_model.setdefault((precision, n_iter), scores)
+                vs_first = " / ".join(_paired(scores, other, ("LE", "AUC", "PSNR")))
                 print(f"| {label} | {n_iter} | "
                       + " | ".join(_fmt(scores[k]) for k in METRICS)
-                      + f" | {delta[0]} | {delta[1]} | {ms:.1f} |", flush=True)
+                      + f" | {delta[0]} | {delta[1]} | {vs_first} | {ms:.1f} |", flush=True)
     if args.sloreta:
         scores, ms = _score(_sloreta(L), ds, items, args.batch, L)
         print("| sLORETA | | " + " | ".join(_fmt(scores[k]) for k in METRICS)
-              + f" | | | {ms:.1f} |")
+              + f" | | | | {ms:.1f} |")
     if args.by_share:
         print("\n| model | patch's share of the data power | patches | LE (mm) "
               "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")

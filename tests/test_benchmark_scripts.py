@@ -39,13 +39,18 @@ def test_prior_floor_script_prints_its_table(extra):
 def test_start_script_prints_its_table():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",
-         "--n-iter", "0", "1", "--n", "2", "--seed", "5", "--channels", "32", "--sloreta"],
+         "--model", "again=default", "--n-iter", "0", "1", "--n", "2", "--seed", "5",
+         "--channels", "32", "--sloreta"],
         check=True, capture_output=True, text=True).stdout
     rows = [line for line in out.splitlines() if line.startswith(("| new |", "| sLORETA |"))]
     assert len(rows) == 3, out
     for row in rows:
         le = float(row.split("|")[3].split("±")[0])
         assert 0 <= le < 150
+    # the same model again: its paired differences to the first model are zero
+    again = [line.split("|")[9].strip() for line in out.splitlines()
+             if line.startswith("| again |")]
+    assert again == ["+0.00 ± 0.00 / +0.00 ± 0.00 / +0.00 ± 0.00"] * 2, out
 
 
 def test_start_script_mismatch_refuses_by_share():
