@@ -40,10 +40,6 @@ class StartConfig:
         Width of the hidden layers.
     depth : int
         Number of hidden layers.
-    residual : bool
-        Whether the hidden layers after the first are residual,
-        ``h ← h + GELU(W h + b)`` (:class:`ResidualLayer`), instead of
-        ``h ← GELU(W h + b)``: same weights and cost per step.
     reg : float
         Regularisation of the sLORETA image (see
         :func:`~.init.tikhonov_operator`).
@@ -62,7 +58,6 @@ class StartConfig:
 
     hidden: int = 1024
     depth: int = 3
-    residual: bool = False
     reg: float = 1.0 / 9.0
     max_rank: int = 6
     residual_passes: int = 1
@@ -78,8 +73,7 @@ class StartNetwork(nn.Module):
     """Sign-equivariant spatial network ``z ↦ x`` (one topography at a time).
 
     The mean of ``config.members`` MLPs (``n_sources → depth × hidden GELU →
-    n_sources``, the hidden layers after the first residual when
-    ``config.residual``), applied to the canonically signed, normalised image.
+    n_sources``), applied to the canonically signed, normalised image.
 
     Parameters
     ----------
@@ -198,31 +192,12 @@ def half_weight_network(network):
     return half
 
 
-class ResidualLayer(nn.Module):
-    """``h ↦ h + GELU(W h + b)`` (a hidden layer with an identity skip).
-
-    Parameters
-    ----------
-    width : int
-    """
-
-    def __init__(self, width):
-        super().__init__()
-        self.layer = nn.Sequential(nn.Linear(width, width), nn.GELU())
-
-    def forward(self, h):
-        """``h + GELU(W h + b)``, same shape as ``h``."""
-        return h + self.layer(h)
-
-
 def _mlp(n_sources, config):
-    layers = [nn.Linear(n_sources, config.hidden), nn.GELU()]
-    for _ in range(config.depth - 1):
-        if config.residual:
-            layers.append(ResidualLayer(config.hidden))
-        else:
-            layers += [nn.Linear(config.hidden, config.hidden), nn.GELU()]
-    layers.append(nn.Linear(config.hidden, n_sources))
+    sizes = [n_sources] + [config.hidden] * config.depth
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.GELU()]
+    layers.append(nn.Linear(sizes[-1], n_sources))
     return nn.Sequential(*layers)
 
 
