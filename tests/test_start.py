@@ -712,8 +712,10 @@ def test_float16_start_network_is_the_float32_one(fwd_default):
         pytest.skip("this torch has no float16 dynamic quantization on this CPU")
     exact, _ = load_model(precision="float32")
     fast, _ = load_model()  # "auto": float16 weights on CPU
-    assert all(type(layer) is not torch.nn.Linear for layer in fast.start_network.nets[0][::2])
-    assert all(type(layer) is torch.nn.Linear for layer in exact.start_network.nets[0][::2])
+    # every member's every layer: float16 weights in the fast copy, float32 in the exact one
+    n_linear = exact.start_network.config.members * (exact.start_network.config.depth + 1)
+    assert sum(type(m) is torch.nn.Linear for m in exact.start_network.modules()) == n_linear
+    assert not any(type(m) is torch.nn.Linear for m in fast.start_network.modules())
     bank = PatchBank.from_forward(fwd_default, orders=(0, 2))
     y = bank.sample(torch.Generator().manual_seed(0), 64)[0]
     L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
