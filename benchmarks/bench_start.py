@@ -21,7 +21,10 @@ on the same head and solves with the packaged forward (forward-model
 mismatch, as with any real head); ``--sloreta`` adds sLORETA at the array
 level (the start's input image, ``lambda2 = 1/9``) on the same samples.
 ``--max-rank``, ``--residual-passes`` and ``--rotation`` override the start's
-inference settings (``--rotation none``: the previous model, bank-v4).
+inference settings (``--rotation none``: the previous model, bank-v4), for every
+model; ``--model NAME=MODEL,KEY=VALUE`` overrides one of them for that model alone
+(``--model plain=default,single_source=none``: bank-v9 before the single-source
+choice).
 """
 
 import argparse
@@ -140,6 +143,13 @@ def _start(args):
     return {k: v for k, v in over.items() if v is not None}
 
 
+def _model_spec(spec, args):
+    """``NAME=MODEL[,KEY=VALUE ...]``: the row's name, its model and start overrides."""
+    name, _, rest = spec.partition("=")
+    model, *pairs = rest.split(",")
+    return name, model, {**_start(args), **dict(p.split("=", 1) for p in pairs)}
+
+
 def _fmt(v):
     return f"{np.nanmean(v):.2f} ± {np.nanstd(v):.2f}"
 
@@ -152,7 +162,8 @@ def _paired(scores, base, keys):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=MODEL")
+    parser.add_argument("--model", action="append", required=True,
+                        metavar="NAME=MODEL[,KEY=VALUE]")
     parser.add_argument("--n-iter", type=int, nargs="+", default=[0, 10])
     parser.add_argument("--data", default="sereega", choices=("sereega", "nmm", "evoked"))
     parser.add_argument("--n", type=int, default=200)
@@ -201,12 +212,12 @@ def main():
     print("|---|---:|---|---|---|---|---|---|---|---:|")
     first_model = {}
     for spec in args.model:
-        name, _, model = spec.partition("=")
+        name, model, start = _model_spec(spec, args)
         base = None
         for precision in args.precision:
             label = name if len(args.precision) == 1 else f"{name} ({precision})"
             for n_iter in args.n_iter:
-                pipe, config = load_model(model, n_iter=n_iter, start=_start(args),
+                pipe, config = load_model(model, n_iter=n_iter, start=start,
                                           bound=args.bound, precision=precision)
                 scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
                 base = scores if base is None else base
@@ -224,8 +235,8 @@ def main():
         print("\n| model | patch's share of the data power | patches | LE (mm) "
               "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")
         for spec in args.model:
-            name, _, model = spec.partition("=")
-            pipe, _ = load_model(model, n_iter=0, start=_start(args))
+            name, model, start = _model_spec(spec, args)
+            pipe, _ = load_model(model, n_iter=0, start=start)
             for label, count, le, alone in by_share(pipe, ds, items):
                 print(f"| {name} | {label} | {count} | {le:.2f} | {alone:.2f} |", flush=True)
 

@@ -107,9 +107,11 @@ class LearnedMMInverse:
     The shipped model estimates from an amortized start (a network trained
     on extended patches and single sources, see :doc:`/how_it_works`); its
     default is that start alone, ``n_iter=10`` adds ten MM steps with the
-    descent certificate. For focal, dipole-like sources sLORETA, eLORETA or a
-    dipole fit localise better (single dipoles: 8.5 mm against sLORETA's
-    7.5 mm on the generalization probe in ``benchmarks/RESULTS.md``).
+    descent certificate. Where one source explains a component of the data
+    better than the network's pattern, the start takes that source (a dipole
+    scan): a single dipole is found exactly. With two or three simultaneous
+    dipoles sLORETA and eLORETA still localise slightly better (5.1 mm against
+    sLORETA's 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",

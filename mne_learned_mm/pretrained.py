@@ -360,7 +360,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     start : dict | None
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
-        ``residual_passes``, ``rotation``).
+        ``residual_passes``, ``rotation``, ``single_source``).
     precision : "auto" | "float32" | "float16"
         Storage of the start network's weights. ``"float16"``: float16
         weights in float32 arithmetic
@@ -428,6 +428,11 @@ def _start_precision(network, precision):
     return network if half is None else half
 
 
+#: inference settings of the start that :func:`load_model`'s ``start`` may override
+START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
+                   "single_source": lambda v: None if v in (None, "none") else float(v)}
+
+
 def _build_start(config, state, overrides=None):
     """The start network of a model: its ``start.*`` weights of ``state``."""
     from .solver.start import StartConfig, StartNetwork
@@ -435,11 +440,10 @@ def _build_start(config, state, overrides=None):
     state = {k[len("start."):]: v for k, v in state.items() if k.startswith("start.")}
 
     overrides = dict(overrides or {})
-    bad = sorted(set(overrides) - {"max_rank", "residual_passes", "rotation"})
+    bad = sorted(set(overrides) - set(START_OVERRIDES))
     if bad:
-        raise ValueError("start overrides must be max_rank, residual_passes or rotation, "
-                         f"got {bad}")
-    overrides = {k: (v if k == "rotation" else int(v)) for k, v in overrides.items()}
+        raise ValueError(f"start overrides must be {', '.join(START_OVERRIDES)}, got {bad}")
+    overrides = {k: START_OVERRIDES[k](v) for k, v in overrides.items()}
     start_config = StartConfig(**{**config["start"], **overrides})
     network = StartNetwork(int(config["n_sources"]), start_config)
     try:

@@ -17,10 +17,12 @@ from mne_learned_mm.solver.start import (
     amortized_start,
     canonical_sign,
     denoise,
+    explained_share,
     gavish_donoho_rank,
     half_weight_network,
     peak_loss,
     rotate_components,
+    select_single_source,
     singular_pairs,
     start_loss,
     temporal_components,
@@ -171,7 +173,8 @@ def test_residual_pass_is_a_fitted_deflation():
     gen = torch.Generator().manual_seed(2)
     L = torch.randn(12, 50, generator=gen, dtype=torch.float64)
     K = torch.randn(50, 12, generator=gen, dtype=torch.float64)
-    net = StartNetwork(50, StartConfig(hidden=16, depth=2, residual_passes=1)).double()
+    net = StartNetwork(50, StartConfig(hidden=16, depth=2, residual_passes=1,
+                                       single_source=None)).double()
     y = torch.randn(4, 12, generator=gen, dtype=torch.float64)
     x1 = net(y @ K.T)
     alpha = fitted_scale(y, x1 @ L.T)[:, None]
@@ -185,6 +188,46 @@ def test_residual_pass_is_a_fitted_deflation():
     net.config.residual_passes = 0
     torch.testing.assert_close(net.patterns(y, L, K), x1)
     assert torch.equal(fitted_scale(y, torch.zeros_like(y)), torch.zeros(4, dtype=torch.float64))
+
+
+def test_single_source_replaces_a_pattern_only_where_it_fits_better():
+    """The dipole scan's best source, with its least-squares amplitude, where it explains
+    ≥ min_share of y and more than the pattern, and the pattern adds little beside it;
+    odd in y; exact for one source."""
+    gen = torch.Generator().manual_seed(4)
+    L = torch.randn(12, 50, generator=gen, dtype=torch.float64)
+    focal = 2.5 * L[:, 7] + 1e-3 * torch.randn(12, generator=gen, dtype=torch.float64)
+    spread = torch.randn(50, generator=gen, dtype=torch.float64)
+    y = torch.stack([focal, L @ spread])  # one source, then an extended pattern's image
+    blur = torch.zeros(50, dtype=torch.float64)
+    blur[[6, 7, 8]] = 1.0  # the network's blurred guess for the focal source
+    x = torch.stack([blur, spread])
+    out = select_single_source(x, y, L, 0.95)
+    assert out[0].nonzero().flatten().tolist() == [7]
+    torch.testing.assert_close(out[0, 7], (focal @ L[:, 7]) / L[:, 7].square().sum())
+    torch.testing.assert_close(out[1], spread)  # its own image explains it fully: kept
+    torch.testing.assert_close(select_single_source(-x, -y, L, 0.95), -out)
+    # the share is the squared cosine; a higher bar than any source reaches keeps x
+    share = explained_share(y, x @ L.T)
+    torch.testing.assert_close(share, torch.nn.functional.cosine_similarity(
+        y, x @ L.T).square())
+    assert float(share[1]) == pytest.approx(1.0)
+    best = ((y @ L) / L.norm(dim=0)).square().max(1).values / y.square().sum(1)
+    assert float(best[0]) < 1.0
+    torch.testing.assert_close(select_single_source(x, y, L, float(best[0]) + 1e-9), x)
+    # nested test: where the pattern explains what the single source leaves out, it stays
+    two = 3.0 * L[:, 7] + L[:, 30]
+    weak = torch.zeros(1, 50, dtype=torch.float64)
+    weak[0, 30] = 1.0
+    assert float(explained_share(two[None], weak @ L.T)) < 0.5
+    torch.testing.assert_close(select_single_source(weak, two[None], L, 0.5), weak)
+    assert select_single_source(weak, two[None], L, 0.5, max_pattern_gain=1.0)[0, 7] != 0
+    # through the network: the pattern of a single source's topography is that source
+    net = StartNetwork(50, StartConfig(hidden=16, depth=2)).double()
+    K = torch.randn(50, 12, generator=gen, dtype=torch.float64)
+    assert net.patterns(L[:, 30:31].T, L, K).nonzero().tolist() == [[0, 30]]
+    with pytest.raises(ValueError, match="single_source must be in"):
+        StartConfig(single_source=0.0)
 
 
 def test_load_model_start_overrides(fwd_default):
@@ -201,8 +244,11 @@ def test_load_model_start_overrides(fwd_default):
     assert unrotated.start_network.config.rotation == "none"
     with pytest.raises(ValueError, match="rotation must be one of"):
         load_model(n_iter=0, start={"rotation": "oblique"})
-    with pytest.raises(ValueError, match="max_rank, residual_passes or rotation"):
+    with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source"):
         load_model(n_iter=0, start={"hidden": 8})
+    plain, _ = load_model(n_iter=0, start={"single_source": "none"})
+    assert plain.start_network.config.single_source is None
+    assert pipe.start_network.config.single_source == 0.95
 
 
 def test_gavish_donoho_rank_finds_the_signal_rank():

@@ -54,6 +54,10 @@ class StartConfig:
     rotation : "none" | "varimax"
         Rotation of the kept temporal components before the network sees
         their topographies (:func:`varimax_rotation`); inference only.
+    single_source : float | None
+        Share of a topography that its best single source must explain to
+        replace the network's pattern, which it must also out-explain
+        (:func:`select_single_source`); inference only. ``None``: never.
     """
 
     hidden: int = 1024
@@ -63,10 +67,14 @@ class StartConfig:
     residual_passes: int = 1
     members: int = 1
     rotation: str = "none"
+    single_source: float | None = 0.95
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
+        if self.single_source is not None and not 0 < self.single_source <= 1:
+            raise ValueError(f"single_source must be in (0, 1] or None, "
+                             f"got {self.single_source!r}")
 
 
 class StartNetwork(nn.Module):
@@ -123,7 +131,9 @@ class StartNetwork(nn.Module):
         weak patch is no longer masked by the strong one) and adds that
         pattern ``d = f(K r)`` with its own least-squares amplitude:
         ``x ← α x + β d``, ``β = ⟨r, L d⟩ / ‖L d‖²``. The fit never gets worse
-        (``‖r − β L d‖ ≤ ‖r‖``).
+        (``‖r − β L d‖ ≤ ‖r‖``). Last, a single source replaces the pattern
+        where it explains the topography better
+        (:func:`select_single_source`, ``config.single_source``).
 
         Parameters
         ----------
@@ -146,7 +156,79 @@ class StartNetwork(nn.Module):
             r = y - alpha * Lx
             d = self(r @ K.T)
             x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
+        if self.config.single_source is not None:
+            x = select_single_source(x, y, L, self.config.single_source)
         return x
+
+
+def explained_share(y, image):
+    """Share of each topography that a fitted multiple of an image explains.
+
+    ``⟨y, g⟩² / (‖y‖² ‖g‖²)``, the squared cosine (0 where either is zero).
+
+    Parameters
+    ----------
+    y, image : Tensor, shape (n, n_sensors)
+
+    Returns
+    -------
+    share : Tensor, shape (n,)
+    """
+    tiny = torch.finfo(y.dtype).tiny
+    norms = y.square().sum(1) * image.square().sum(1)
+    return (y * image).sum(1).square() / norms.clamp_min(tiny)
+
+
+def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
+    """Replace a pattern by its topography's best single source where that fits better.
+
+    The best single source ``q = argmax_q ⟨y, l_q⟩² / ‖l_q‖²`` (the dipole
+    scan, exact for one noise-free source) replaces the pattern ``x`` by its
+    least-squares amplitude ``⟨y, l_q⟩ / ‖l_q‖²`` where
+
+    - it explains at least ``min_share`` of ``y``, and at least as much as
+      ``x``'s image ``L x`` does (:func:`explained_share`), and
+    - the pattern adds little beside it: fitting ``y`` by ``l_q`` and ``L x``
+      together removes less than ``max_pattern_gain`` of the single source's
+      residual (a nested-model test; where a rank-one component holds several
+      patches, the pattern explains the ones the single source leaves out).
+
+    Extended patterns fit better than any one source and stay; a focal source
+    the network blurred or put one ring off is found exactly.
+    ``x(−y) = −x(y)`` when ``x`` is odd in ``y``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (n, n_sources)
+        Patterns, in the units of ``y / L``.
+    y : Tensor, shape (n, n_sensors)
+        Their topographies.
+    L : Tensor, shape (n_sensors, n_sources)
+    min_share : float
+        In (0, 1].
+    max_pattern_gain : float
+        In [0, 1].
+
+    Returns
+    -------
+    x : Tensor, shape (n, n_sources)
+    """
+    tiny = torch.finfo(y.dtype).tiny
+    norms = L.norm(dim=0).clamp_min(tiny)
+    proj = (y @ L) / norms  # ⟨y, l_q⟩ / ‖l_q‖
+    best = proj.abs().argmax(1, keepdim=True)
+    peak = proj.gather(1, best)
+    energy = y.square().sum(1).clamp_min(tiny)
+    share = peak[:, 0].square() / energy
+    both = torch.stack([L.T[best[:, 0]], x @ L.T], 2)  # (n, n_sensors, 2)
+    fitted = both @ (torch.linalg.pinv(both.transpose(1, 2) @ both)
+                     @ (both.transpose(1, 2) @ y[:, :, None]))
+    residual_both = (y - fitted[:, :, 0]).square().sum(1) / energy
+    rounding = 100 * torch.finfo(y.dtype).eps  # residuals below it are a perfect fit
+    use = ((share >= min_share) & (share >= explained_share(y, x @ L.T))
+           & (residual_both > (1 - max_pattern_gain) * (1 - share) - rounding))
+    single = torch.zeros_like(x).scatter_(1, best, peak / norms[best])
+    return torch.where(use[:, None], single, x)
 
 
 def half_weight_network(network):
