@@ -110,7 +110,7 @@ class LearnedMMInverse:
     descent certificate. Where one source explains a component of the data
     better than the network's pattern, the start takes that source (a dipole
     scan): a single dipole is found exactly. With two or three simultaneous
-    dipoles sLORETA and eLORETA still localise slightly better (5.1 mm against
+    dipoles sLORETA and eLORETA still localise slightly better (5.0 mm against
     sLORETA's 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
     """
 

@@ -244,11 +244,15 @@ def test_load_model_start_overrides(fwd_default):
     assert unrotated.start_network.config.rotation == "none"
     with pytest.raises(ValueError, match="rotation must be one of"):
         load_model(n_iter=0, start={"rotation": "oblique"})
-    with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source"):
+    with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source, "
+                                         "rank_threshold"):
         load_model(n_iter=0, start={"hidden": 8})
     plain, _ = load_model(n_iter=0, start={"single_source": "none"})
     assert plain.start_network.config.single_source is None
     assert pipe.start_network.config.single_source == 0.95
+    gd, _ = load_model(n_iter=0, start={"rank_threshold": "1"})
+    assert gd.start_network.config.rank_threshold == 1.0
+    assert pipe.start_network.config.rank_threshold == 0.9
 
 
 def test_gavish_donoho_rank_finds_the_signal_rank():
@@ -264,6 +268,16 @@ def test_gavish_donoho_rank_finds_the_signal_rank():
     Y_r, rank = denoise(Y[None], 5)
     assert int(rank[0]) == 2
     assert torch.linalg.norm(Y_r[0] - signal) < 0.5 * torch.linalg.norm(Y - signal)
+    # the threshold's scale: τ = scale · ω(β) · median(σ); the next singular value of the
+    # noise, just under τ, is kept once the scale brings τ below it
+    beta = n / t
+    tau = (0.56 * beta ** 3 - 0.95 * beta ** 2 + 1.82 * beta + 1.43) * S[0].median()
+    scale = float(S[0, 2] / tau) * 0.999
+    assert scale < 1
+    assert int(gavish_donoho_rank(S, (n, t), 5, scale)[0]) == 3
+    assert int(denoise(Y[None], 5, scale)[1][0]) == 3
+    with pytest.raises(ValueError, match="rank_threshold must be positive"):
+        StartConfig(rank_threshold=0.0)
 
 
 @pytest.mark.parametrize("shape", [(2, 30, 50), (2, 30, 7)])
@@ -334,7 +348,7 @@ def test_amortized_start_sign_equivariant_and_least_squares(fwd_small, rotation)
     assert X0.shape == (3, L.shape[1], 20)
     torch.testing.assert_close(amortized_start(-Yn, Ln, net), -X0)
     # each time sample's amplitude is the least-squares one: residual ⟂ L x_t
-    Y_r, _ = denoise(Yn, 2)
+    Y_r, _ = denoise(Yn, 2, net.config.rank_threshold)
     resid = Y_r - Ln @ X0
     torch.testing.assert_close(((Ln @ X0) * resid).sum(1), torch.zeros(3, 20,
                                                                       dtype=torch.float64),

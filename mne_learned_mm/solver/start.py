@@ -58,6 +58,11 @@ class StartConfig:
         Share of a topography that its best single source must explain to
         replace the network's pattern, which it must also out-explain
         (:func:`select_single_source`); inference only. ``None``: never.
+    rank_threshold : float
+        Scale of the Gavish-Donoho threshold below which temporal components
+        are dropped (:func:`gavish_donoho_rank`); inference only. 1 is their
+        threshold, optimal for the squared error of the denoised matrix; a
+        little lower keeps weaker components, which can carry a weak patch.
     """
 
     hidden: int = 1024
@@ -68,6 +73,7 @@ class StartConfig:
     members: int = 1
     rotation: str = "none"
     single_source: float | None = 0.95
+    rank_threshold: float = 0.9
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
@@ -75,6 +81,8 @@ class StartConfig:
         if self.single_source is not None and not 0 < self.single_source <= 1:
             raise ValueError(f"single_source must be in (0, 1] or None, "
                              f"got {self.single_source!r}")
+        if not self.rank_threshold > 0:
+            raise ValueError(f"rank_threshold must be positive, got {self.rank_threshold!r}")
 
 
 class StartNetwork(nn.Module):
@@ -299,12 +307,12 @@ def canonical_sign(z):
     return torch.where(peak < 0, -1.0, 1.0).to(z.dtype)
 
 
-def gavish_donoho_rank(S, shape, max_rank):
+def gavish_donoho_rank(S, shape, max_rank, scale=1.0):
     """Number of singular values above the optimal hard threshold.
 
     Gavish & Donoho (2014), unknown noise level:
     ``τ = ω(β) · median(σ)`` with ``β = min(n, t) / max(n, t)`` and their
-    polynomial approximation of ``ω``.
+    polynomial approximation of ``ω``; ``scale`` multiplies ``τ``.
 
     Parameters
     ----------
@@ -313,6 +321,8 @@ def gavish_donoho_rank(S, shape, max_rank):
     shape : tuple of int
         ``(n_sensors, n_times)`` of the matrices.
     max_rank : int
+    scale : float
+        Of the threshold (:attr:`StartConfig.rank_threshold`).
 
     Returns
     -------
@@ -321,12 +331,12 @@ def gavish_donoho_rank(S, shape, max_rank):
     """
     beta = min(shape) / max(shape)
     omega = 0.56 * beta ** 3 - 0.95 * beta ** 2 + 1.82 * beta + 1.43
-    tau = omega * S.median(dim=1, keepdim=True).values
+    tau = scale * omega * S.median(dim=1, keepdim=True).values
     return (S > tau).sum(1).clamp(1, max_rank)
 
 
 @fill_doc
-def temporal_components(Y, max_rank):
+def temporal_components(Y, max_rank, threshold=1.0):
     """Temporal components of each ``Y`` above the noise (Gavish-Donoho).
 
     The rank of each sample is :func:`gavish_donoho_rank`'s, from the
@@ -335,6 +345,8 @@ def temporal_components(Y, max_rank):
     Parameters
     ----------
     %(Y_max_rank)s
+    threshold : float
+        Scale of the Gavish-Donoho threshold.
 
     Returns
     -------
@@ -348,7 +360,7 @@ def temporal_components(Y, max_rank):
     """
     S, W = singular_pairs(Y)
     r = min(max_rank, S.shape[1])
-    rank = gavish_donoho_rank(S, Y.shape[1:], r)
+    rank = gavish_donoho_rank(S, Y.shape[1:], r, threshold)
     keep = (torch.arange(r, device=Y.device)[None] < rank[:, None]).to(Y.dtype)
     W = W[..., :r]
     if Y.shape[2] < Y.shape[1]:  # W = V: the components are Y v_k = s_k u_k
@@ -454,7 +466,7 @@ def rotate_components(comps, Vh, keep):
 
 
 @fill_doc
-def denoise(Y, max_rank):
+def denoise(Y, max_rank, threshold=1.0):
     """Projection of each ``Y`` on its temporal components above the noise.
 
     The sum ``comps @ Vh`` of :func:`temporal_components`.
@@ -462,6 +474,8 @@ def denoise(Y, max_rank):
     Parameters
     ----------
     %(Y_max_rank)s
+    threshold : float
+        Scale of the Gavish-Donoho threshold.
 
     Returns
     -------
@@ -470,7 +484,7 @@ def denoise(Y, max_rank):
     rank : Tensor of int64, shape (n_batch,)
         Number of kept components of each sample.
     """
-    comps, Vh, keep = temporal_components(Y, max_rank)
+    comps, Vh, keep = temporal_components(Y, max_rank, threshold)
     return comps @ Vh, keep.sum(1).long()
 
 
@@ -530,7 +544,7 @@ def start_factors(Y, L, network, *, K=None):
     """
     cfg = network.config
     K = tikhonov_operator(L, cfg.reg, "sloreta") if K is None else K
-    comps, Vh, keep = temporal_components(Y, cfg.max_rank)  # (B, n, r), dropped ones zero
+    comps, Vh, keep = temporal_components(Y, cfg.max_rank, cfg.rank_threshold)  # dropped: 0
     if cfg.rotation == "varimax":
         comps, Vh = rotate_components(comps, Vh, keep)
     Y_r = comps @ Vh
