@@ -56,8 +56,9 @@ class StartConfig:
         their topographies (:func:`varimax_rotation`); inference only.
     single_source : float | None
         Share of a topography that its best single source must explain to
-        replace the network's pattern, which it must also out-explain
-        (:func:`select_single_source`); inference only. ``None``: never.
+        replace the network's pattern, which it must also out-explain while
+        the pattern adds little beside it (:func:`select_single_source`);
+        inference only. ``None``: never.
     rank_threshold : float
         Scale of the Gavish-Donoho threshold below which temporal components
         are dropped (:func:`gavish_donoho_rank`); inference only. 1 is their
@@ -228,12 +229,13 @@ def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
     peak = proj.gather(1, best)
     energy = y.square().sum(1).clamp_min(tiny)
     share = peak[:, 0].square() / energy
-    both = torch.stack([L.T[best[:, 0]], x @ L.T], 2)  # (n, n_sensors, 2)
+    image = x @ L.T
+    both = torch.stack([L.T[best[:, 0]], image], 2)  # (n, n_sensors, 2)
     fitted = both @ (torch.linalg.pinv(both.transpose(1, 2) @ both)
                      @ (both.transpose(1, 2) @ y[:, :, None]))
     residual_both = (y - fitted[:, :, 0]).square().sum(1) / energy
     rounding = 100 * torch.finfo(y.dtype).eps  # residuals below it are a perfect fit
-    use = ((share >= min_share) & (share >= explained_share(y, x @ L.T))
+    use = ((share >= min_share) & (share >= explained_share(y, image))
            & (residual_both > (1 - max_pattern_gain) * (1 - share) - rounding))
     single = torch.zeros_like(x).scatter_(1, best, peak / norms[best])
     return torch.where(use[:, None], single, x)
