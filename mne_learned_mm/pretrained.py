@@ -360,7 +360,8 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
     start : dict | None
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
-        ``residual_passes``, ``rotation``, ``single_source``, ``rank_threshold``).
+        ``residual_passes``, ``rotation``, ``single_source``, ``rank_threshold``,
+        ``source_set``).
     precision : "auto" | "float32" | "float16"
         Storage of the start network's weights. ``"float16"``: float16
         weights in float32 arithmetic
@@ -428,10 +429,14 @@ def _start_precision(network, precision):
     return network if half is None else half
 
 
+def _share_or_none(value):
+    return None if value in (None, "none") else float(value)
+
+
 #: inference settings of the start that :func:`load_model`'s ``start`` may override
 START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
-                   "single_source": lambda v: None if v in (None, "none") else float(v),
-                   "rank_threshold": float}
+                   "single_source": _share_or_none, "rank_threshold": float,
+                   "source_set": _share_or_none}
 
 
 def _build_start(config, state, overrides=None):

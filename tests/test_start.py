@@ -21,11 +21,14 @@ from mne_learned_mm.solver.start import (
     gavish_donoho_rank,
     half_weight_network,
     peak_loss,
+    rap_music,
     rotate_components,
     select_single_source,
+    select_source_set,
     singular_pairs,
     start_loss,
     temporal_components,
+    unexplained_share,
     varimax_rotation,
 )
 from mne_learned_mm.training import start as recipe_mod
@@ -230,6 +233,86 @@ def test_single_source_replaces_a_pattern_only_where_it_fits_better():
         StartConfig(single_source=0.0)
 
 
+def test_rap_music_finds_mixed_sources():
+    """Noise-free sources mixed into any basis of their span are found, whatever the basis."""
+    gen = torch.Generator().manual_seed(5)
+    L = torch.randn(12, 50, generator=gen, dtype=torch.float64)
+    truth = [[7, 30, 41], [2, 19, 33]]
+    mix = torch.randn(2, 3, 3, generator=gen, dtype=torch.float64)
+    C = L.T[torch.tensor(truth)].transpose(1, 2) @ mix  # each component mixes all three
+    for basis in (C, C @ torch.linalg.qr(torch.randn(3, 3, generator=gen,
+                                                     dtype=torch.float64))[0]):
+        found = rap_music(basis, L, 3)
+        assert [sorted(q) for q in found.tolist()] == truth
+    assert rap_music(C, L, 1).shape == (2, 1)
+
+
+def _one_hot_columns(F):
+    """Sources of unit one-hot columns, or None for other patterns."""
+    nz = F.transpose(0, 1).ne(0)
+    if not (bool((nz.sum(1) == 1).all()) and bool((F.abs().sum(0) == 1).all())):
+        return None
+    return sorted(int(q) for q in nz.float().argmax(1))
+
+
+def test_source_set_replaces_patterns_only_where_they_fit_better():
+    """r single sources replace a window's r patterns where they explain ≥ min_share of its
+    components and more than the patterns, and the patterns add little beside them."""
+    gen = torch.Generator().manual_seed(6)
+    L = torch.randn(12, 50, generator=gen, dtype=torch.float64)
+    focal = L[:, [7, 30]] @ torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    spread = torch.randn(50, 2, generator=gen, dtype=torch.float64)
+    blur = torch.zeros(50, 2, dtype=torch.float64)
+    blur[[6, 7, 8], 0] = blur[[29, 30, 31], 1] = 1.0  # the network's blurred guesses
+    one = torch.zeros(12, 2, dtype=torch.float64)
+    one[:, 0] = L[:, 3]
+    comps = torch.stack([focal, L @ spread, one])
+    F = torch.stack([blur, spread, blur])
+    keep = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    out = select_source_set(F, comps, keep, L, 0.98)
+    assert _one_hot_columns(out[0]) == [7, 30]
+    torch.testing.assert_close(out[1], spread)  # its own images explain it fully: kept
+    torch.testing.assert_close(out[2], blur)  # one component: select_single_source's
+    torch.testing.assert_close(select_source_set(F, -comps, keep, L, 0.98), out)
+    # noise a bar of 0.999 does not let through keeps the patterns
+    noisy = comps + 0.05 * focal.norm() * torch.randn(comps.shape, generator=gen,
+                                                      dtype=torch.float64)
+    torch.testing.assert_close(select_source_set(F, noisy, keep, L, 0.999), F)
+    assert _one_hot_columns(select_source_set(F, noisy, keep, L, 0.9)[0]) == [7, 30]
+    # nested test: where the patterns explain what the sources leave out, they stay
+    three = torch.stack([L[:, 7] + 0.4 * L[:, 19], L[:, 30]], 1)[None]  # rank 2, 3 sources
+    weak = torch.zeros(1, 50, 2, dtype=torch.float64)
+    weak[0, 19, 0] = weak[0, 30, 1] = 1.0
+    res = [float(unexplained_share(three, L[:, [q, 30]][None])) for q in (7, 19)]
+    assert res[1] > res[0] > 0  # the sources out-explain the patterns, not fully
+    torch.testing.assert_close(select_source_set(weak, three, keep[:1], L, 0.5), weak)
+    assert _one_hot_columns(select_source_set(weak, three, keep[:1], L, 0.5,
+                                              max_pattern_gain=1.0)[0]) == [7, 30]
+    with pytest.raises(ValueError, match="source_set must be in"):
+        StartConfig(source_set=1.5)
+
+
+def test_amortized_start_finds_sources_active_together(fwd_small):
+    """Noise-free focal sources with overlapping time courses: each component mixes them,
+    the source set finds them exactly; X0(−Y) = −X0(Y)."""
+    L = torch.as_tensor(make_leadfield(fwd_small))
+    L = L - L.mean(0)
+    t = torch.linspace(0, 1, 40, dtype=torch.float64)
+    waves = torch.stack([torch.exp(-((t - c) / 0.15) ** 2) for c in (0.4, 0.55, 0.6)])
+    X = torch.zeros(L.shape[1], 40, dtype=torch.float64)
+    sources = [11, 150, 240]
+    X[sources] = waves * torch.tensor([[1.0], [-0.7], [0.8]], dtype=torch.float64)
+    Y = (L @ X)[None]
+    torch.manual_seed(0)
+    net = StartNetwork(L.shape[1], StartConfig(hidden=16, depth=1)).double()
+    X0 = amortized_start(Y, L, net)[0]
+    assert sorted(torch.nonzero(X0.abs().amax(1) > 1e-9).flatten().tolist()) == sources
+    torch.testing.assert_close(X0, X, atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(amortized_start(-Y, L, net)[0], -X0)
+    net.config.source_set = None
+    assert len(torch.nonzero(amortized_start(Y, L, net)[0].abs().amax(1) > 1e-9)) > 3
+
+
 def test_load_model_start_overrides(fwd_default):
     L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
     Y = torch.randn(1, L.shape[0], 32, generator=torch.Generator().manual_seed(0))
@@ -245,11 +328,14 @@ def test_load_model_start_overrides(fwd_default):
     with pytest.raises(ValueError, match="rotation must be one of"):
         load_model(n_iter=0, start={"rotation": "oblique"})
     with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source, "
-                                         "rank_threshold"):
+                                         "rank_threshold, source_set"):
         load_model(n_iter=0, start={"hidden": 8})
     plain, _ = load_model(n_iter=0, start={"single_source": "none"})
     assert plain.start_network.config.single_source is None
     assert pipe.start_network.config.single_source == 0.95
+    assert pipe.start_network.config.source_set == 0.98
+    no_set, _ = load_model(n_iter=0, start={"source_set": "none"})
+    assert no_set.start_network.config.source_set is None
     gd, _ = load_model(n_iter=0, start={"rank_threshold": "1"})
     assert gd.start_network.config.rank_threshold == 1.0
     assert pipe.start_network.config.rank_threshold == 0.9

@@ -64,6 +64,12 @@ class StartConfig:
         are dropped (:func:`gavish_donoho_rank`); inference only. 1 is their
         threshold, optimal for the squared error of the denoised matrix; a
         little lower keeps weaker components, which can carry a weak patch.
+    source_set : float | None
+        Share of a window's kept components that as many single sources
+        (:func:`rap_music`) must explain to replace all its patterns, which
+        they must also out-explain while the patterns add little beside them
+        (:func:`select_source_set`); windows of two or more components,
+        inference only. ``None``: never.
     """
 
     hidden: int = 1024
@@ -75,13 +81,15 @@ class StartConfig:
     rotation: str = "none"
     single_source: float | None = 0.95
     rank_threshold: float = 0.9
+    source_set: float | None = 0.98
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
-        if self.single_source is not None and not 0 < self.single_source <= 1:
-            raise ValueError(f"single_source must be in (0, 1] or None, "
-                             f"got {self.single_source!r}")
+        for key in ("single_source", "source_set"):
+            share = getattr(self, key)
+            if share is not None and not 0 < share <= 1:
+                raise ValueError(f"{key} must be in (0, 1] or None, got {share!r}")
         if not self.rank_threshold > 0:
             raise ValueError(f"rank_threshold must be positive, got {self.rank_threshold!r}")
 
@@ -239,6 +247,142 @@ def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
            & (residual_both > (1 - max_pattern_gain) * (1 - share) - rounding))
     single = torch.zeros_like(x).scatter_(1, best, peak / norms[best])
     return torch.where(use[:, None], single, x)
+
+
+def rap_music(C, L, n_found):
+    """Sources whose leadfield columns span a subspace best, found one at a time.
+
+    Recursively applied and projected MUSIC (Mosher & Leahy 1999): the
+    ``j``-th source maximises the subspace correlation
+    ``‖Uⱼᵀ P l_q‖² / ‖P l_q‖²``, with ``P`` the projector off the columns
+    found so far and ``Uⱼ`` the top ``r − j`` left singular vectors of
+    ``P C``. Exact for ``r`` noise-free sources whose time courses are
+    independent, whatever their mixing into the components.
+
+    Parameters
+    ----------
+    C : Tensor, shape (n_batch, n_sensors, r)
+        A basis of each sample's signal subspace (its spatial components).
+    L : Tensor, shape (n_sensors, n_sources)
+    n_found : int
+        Sources to find, at most ``r``.
+
+    Returns
+    -------
+    sources : Tensor of int64, shape (n_batch, n_found)
+    """
+    B, n, r = C.shape
+    norms = L.square().sum(0)
+    W = C.new_zeros(B, n, 0)  # orthonormal basis of the found columns
+    WL = C.new_zeros(B, 0, L.shape[1])  # Wᵀ L
+    found = []
+    for j in range(n_found):
+        U = _top_left_singular(C - W @ (W.transpose(1, 2) @ C), r - j)
+        off = (norms - WL.square().sum(1)).clamp_min(torch.finfo(C.dtype).eps * norms)
+        score = _times_leadfield(U.transpose(1, 2), L).square().sum(1) / off
+        for q in found:
+            score.scatter_(1, q[:, None], -1.0)
+        q = score.argmax(1)
+        found.append(q)
+        w = L.T[q] - (W @ WL.gather(2, q[:, None, None].expand(-1, WL.shape[1], 1)))[..., 0]
+        w = w / w.norm(dim=1, keepdim=True)
+        W = torch.cat([W, w[..., None]], 2)
+        WL = torch.cat([WL, (w @ L)[:, None]], 1)
+    return torch.stack(found, 1)
+
+
+def _times_leadfield(A, L):
+    """``A @ L`` for a batch ``A`` (n_batch, k, m) and one matrix ``L`` (m, p), as one
+    matrix product (torch's batched product with a broadcast ``L`` is several times
+    slower on CPU)."""
+    B, k, m = A.shape
+    return (A.reshape(B * k, m) @ L).reshape(B, k, -1)
+
+
+def _top_left_singular(C, k):
+    """The top ``k`` left singular vectors of each ``C`` (n_batch, n, r), from the
+    eigendecomposition of ``Cᵀ C`` (r × r)."""
+    evals, V = torch.linalg.eigh(C.transpose(1, 2) @ C)
+    V, evals = V[..., -k:], evals[:, -k:]
+    return (C @ V) / evals.clamp_min(torch.finfo(C.dtype).tiny).sqrt()[:, None]
+
+
+def unexplained_share(C, G):
+    """Share of ``‖C‖²`` off the span of ``G``'s columns, per sample.
+
+    Parameters
+    ----------
+    C : Tensor, shape (n_batch, n_sensors, r)
+    G : Tensor, shape (n_batch, n_sensors, k)
+
+    Returns
+    -------
+    share : Tensor, shape (n_batch,)
+    """
+    Gt = G.transpose(1, 2)
+    fitted = G @ (torch.linalg.pinv(Gt @ G, hermitian=True) @ (Gt @ C))
+    return (C - fitted).square().sum((1, 2)) / C.square().sum((1, 2)).clamp_min(
+        torch.finfo(C.dtype).tiny)
+
+
+def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3):
+    """Replace a window's patterns by as many single sources where they fit better.
+
+    For a window of ``r ≥ 2`` kept components ``C``, :func:`rap_music` finds
+    ``r`` sources ``Q``; their columns ``L_Q`` replace the patterns ``F``
+    (one unit source per column; :func:`start_factors` fits the time courses)
+    where, as :func:`select_single_source` asks of one component,
+
+    - they explain at least ``min_share`` of ``‖C‖²``, and at least as much as
+      the patterns' images ``L F`` do, and
+    - the patterns add little beside them: fitting ``C`` by ``L_Q`` and
+      ``L F`` together removes less than ``max_pattern_gain`` of ``L_Q``'s
+      residual.
+
+    Focal sources active together are mixed in every component (the rotation
+    cannot tell them apart), so no one component's topography is a single
+    source's; their subspace is spanned by their columns all the same.
+    Depends on ``C``'s span only, so ``F`` is even in the data.
+
+    Parameters
+    ----------
+    F : Tensor, shape (n_batch, n_sources, r)
+        Patterns, zero beyond each window's rank.
+    comps : Tensor, shape (n_batch, n_sensors, r)
+        Spatial components, zero beyond each window's rank.
+    keep : Tensor, shape (n_batch, r)
+        1 for the kept components.
+    L : Tensor, shape (n_sensors, n_sources)
+    min_share : float
+        In (0, 1].
+    max_pattern_gain : float
+        In [0, 1].
+
+    Returns
+    -------
+    F : Tensor, shape (n_batch, n_sources, r)
+    """
+    out = F
+    rank = keep.sum(1).long()
+    rounding = 100 * torch.finfo(F.dtype).eps
+    for k in torch.unique(rank).tolist():
+        if k < 2:
+            continue
+        sel = torch.nonzero(rank == k).squeeze(1)
+        C = comps[sel, :, :k]
+        Q = rap_music(C, L, k)
+        LQ = L.T[Q].transpose(1, 2)  # (b, n_sensors, k)
+        LF = _times_leadfield(F[sel, :, :k].transpose(1, 2), L.T).transpose(1, 2)
+        res = unexplained_share(C, LQ)
+        use = ((1 - res >= min_share) & (res <= unexplained_share(C, LF))
+               & (unexplained_share(C, torch.cat([LQ, LF], 2))
+                  > (1 - max_pattern_gain) * res - rounding))
+        if bool(use.any()):
+            out = out.clone() if out is F else out
+            chosen = Q[use]
+            out[sel[use], :, :k] = torch.zeros_like(out[sel[use], :, :k]).scatter_(
+                1, chosen[:, None], torch.ones_like(chosen[:, None], dtype=F.dtype))
+    return out
 
 
 def half_weight_network(network):
@@ -556,6 +700,8 @@ def start_factors(Y, L, network, *, K=None):
     F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
         0, kept, network.patterns(topo, L, K))
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
+    if cfg.source_set is not None:
+        F = select_source_set(F, comps, keep, L, cfg.source_set)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
 
 
