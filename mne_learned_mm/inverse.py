@@ -109,9 +109,10 @@ class LearnedMMInverse:
     default is that start alone, ``n_iter=10`` adds ten MM steps with the
     descent certificate. Where one source explains a component of the data
     better than the network's pattern, the start takes that source (a dipole
-    scan): a single dipole is found exactly. With two or three simultaneous
-    dipoles sLORETA and eLORETA still localise slightly better (5.0 mm against
-    sLORETA's 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
+    scan): a single dipole is found exactly. Where as many single sources as
+    the data have components (RAP-MUSIC) explain a window better, the start
+    takes them: two or three simultaneous dipoles are found closer than by
+    sLORETA (2.5 mm against 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
