@@ -57,6 +57,12 @@ Y : Tensor, shape (n_batch, n_sensors, n_times)
     Sensor data.
 max_rank : int
     Most temporal components kept."""
+docdict["L_min_share"] = """
+L : Tensor, shape (n_sensors, n_sources)
+min_share : float
+    In (0, 1].
+max_pattern_gain : float
+    In [0, 1]."""
 
 _PLACEHOLDER = re.compile(r"^([ \t]*)%\((\w+)\)s[ \t]*$", re.MULTILINE)
 

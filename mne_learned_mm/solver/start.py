@@ -196,6 +196,7 @@ def explained_share(y, image):
     return (y * image).sum(1).square() / norms.clamp_min(tiny)
 
 
+@fill_doc
 def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
     """Replace a pattern by its topography's best single source where that fits better.
 
@@ -220,11 +221,7 @@ def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
         Patterns, in the units of ``y / L``.
     y : Tensor, shape (n, n_sensors)
         Their topographies.
-    L : Tensor, shape (n_sensors, n_sources)
-    min_share : float
-        In (0, 1].
-    max_pattern_gain : float
-        In [0, 1].
+    %(L_min_share)s
 
     Returns
     -------
@@ -325,6 +322,7 @@ def unexplained_share(C, G):
         torch.finfo(C.dtype).tiny)
 
 
+@fill_doc
 def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3):
     """Replace a window's patterns by as many single sources where they fit better.
 
@@ -352,11 +350,7 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3):
         Spatial components, zero beyond each window's rank.
     keep : Tensor, shape (n_batch, r)
         1 for the kept components.
-    L : Tensor, shape (n_sensors, n_sources)
-    min_share : float
-        In (0, 1].
-    max_pattern_gain : float
-        In [0, 1].
+    %(L_min_share)s
 
     Returns
     -------
