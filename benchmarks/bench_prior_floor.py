@@ -40,7 +40,7 @@ import torch
 
 from mne_learned_mm.evaluation.benchmark import _load_forward
 from mne_learned_mm.evaluation.metrics import compute_metrics
-from mne_learned_mm.pretrained import load_model
+from mne_learned_mm.pretrained import load_model, source_patches
 from mne_learned_mm.simulation import SimulatedDataset, default_config
 from mne_learned_mm.solver.init import fitted_scale, normalise_problem
 from mne_learned_mm.solver.objective import lower_cost_terms
@@ -108,7 +108,9 @@ def main():
     config = default_config(args.data, random_sign=True) if args.random_sign else None
     ds = SimulatedDataset(fwd, kind=args.data, n_samples=args.n, seed=args.seed,
                           snr_db=args.snr, config=config, verbose=False)
-    pipe = load_model(args.model, n_iter=args.n_iter)[0]
+    pipe, model_config = load_model(args.model, n_iter=args.n_iter)
+    if pipe.start_network is not None:  # the patches of the start's patch set
+        pipe.start_network.patches = source_patches(fwd, model_config)
     L = torch.tensor(ds.L - ds.L.mean(axis=0), dtype=torch.float32)
     pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
     scores = {name: [] for name in ESTIMATES}

@@ -36,7 +36,7 @@ import torch
 from mne_learned_mm import make_fsaverage_forward
 from mne_learned_mm.evaluation.benchmark import _load_forward, _subset_info
 from mne_learned_mm.evaluation.metrics import compute_metrics, localization_error, seed_zone
-from mne_learned_mm.pretrained import load_model
+from mne_learned_mm.pretrained import load_model, source_patches
 from mne_learned_mm.simulation import SimulatedDataset, default_config
 from mne_learned_mm.simulation.leadfield import make_leadfield
 from mne_learned_mm.solver.init import tikhonov_operator
@@ -108,6 +108,13 @@ def by_share(pipe, ds, items):
             out.append((f"{lo:g}-{min(hi, 1):g}", int(sel.sum()), rows[sel, 1].mean(),
                         rows[sel, 2].mean()))
     return out + [("all", len(rows), rows[:, 1].mean(), rows[:, 2].mean())]
+
+
+def _set_patches(pipe, fwd, config):
+    """The patches of the start's patch set, on the solving forward's sources (as
+    :meth:`~mne_learned_mm.LearnedMMInverse.fit` sets them)."""
+    if pipe.start_network is not None:
+        pipe.start_network.patches = source_patches(fwd, config)
 
 
 def _learned(pipe):
@@ -219,6 +226,7 @@ def main():
             for n_iter in args.n_iter:
                 pipe, config = load_model(model, n_iter=n_iter, start=start,
                                           bound=args.bound, precision=precision)
+                _set_patches(pipe, fwd, config)
                 scores, ms = _score(_learned(pipe), ds, items, args.batch, L)
                 base = scores if base is None else base
                 delta = _paired(scores, base, ("LE", "AUC"))
@@ -236,7 +244,8 @@ def main():
               "| LE, other patches subtracted (mm) |\n|---|---|---:|---|---|")
         for spec in args.model:
             name, model, start = _model_spec(spec, args)
-            pipe, _ = load_model(model, n_iter=0, start=start)
+            pipe, config = load_model(model, n_iter=0, start=start)
+            _set_patches(pipe, fwd, config)
             for label, count, le, alone in by_share(pipe, ds, items):
                 print(f"| {name} | {label} | {count} | {le:.2f} | {alone:.2f} |", flush=True)
 

@@ -2,7 +2,8 @@
 
 One implementation each of: the fixed-orientation surface forward check and
 conversion, reading a forward file (or the default fsaverage forward), the
-mesh adjacency of a source space and its neighbour rings. The inverse,
+mesh adjacency of a source space, its neighbour rings and the patches built on
+them (the simulators' and the start's dictionary of patches). The inverse,
 simulation, training and evaluation code all use these (``inverse.py`` may
 not import ``simulation/``, so they live here).
 """
@@ -211,3 +212,101 @@ def ring_hops(adjacency, radius, seeds=None):
         data.append(dist[rows, cols].astype(np.int16))
     return sparse.csr_matrix((np.concatenate(data), np.concatenate(indices),
                               np.concatenate(indptr)), shape=(len(seeds), n))
+
+
+# -- patches -------------------------------------------------------------------------
+#: Spatial profiles over a patch, as a function of the distance d to its seed:
+#: the simulators' Gaussian (σ = max d / 2), a wider Gaussian (σ = max d) and
+#: a flat patch (as :func:`mne.simulation.select_source_in_label` patches).
+PROFILES = ("gaussian", "wide", "flat")
+
+
+def gaussian_profile(dist):
+    """Amplitude ``exp(-0.5 (d / sigma)^2)`` with ``sigma = max(d) / 2``.
+
+    Parameters
+    ----------
+    dist : array, shape (n,)
+        Distances to the seed.
+
+    Returns
+    -------
+    amplitude : array, shape (n,)
+        1 at the seed, ``exp(-2)`` at the farthest source.
+    """
+    sigma = dist.max() / 2.0
+    if sigma == 0:
+        return np.ones_like(dist)
+    return np.exp(-0.5 * (dist / sigma) ** 2)
+
+
+def patch_profile(dist, kind):
+    """Amplitude over a patch of one of :data:`PROFILES`.
+
+    Parameters
+    ----------
+    dist : array, shape (n,)
+        Distances of the patch's sources to its seed.
+    kind : str
+        One of :data:`PROFILES`.
+
+    Returns
+    -------
+    amplitude : array, shape (n,)
+        1 at the seed.
+    """
+    if kind == "gaussian":
+        return gaussian_profile(dist)
+    if kind == "wide":
+        sigma = dist.max()
+        return np.ones_like(dist) if sigma == 0 else np.exp(-0.5 * (dist / sigma) ** 2)
+    if kind == "flat":
+        return np.ones_like(dist)
+    raise ValueError(f"profile must be one of {PROFILES}, got {kind!r}")
+
+
+def patch_atoms(pos, adjacency, orders=(0, 5), profiles=("gaussian", "wide")):
+    """Every patch of a source mesh: each order, each profile, each seed.
+
+    A patch of order ``k`` is the seed and its ``k`` neighbour rings
+    (:func:`ring_hops`), weighted by :func:`patch_profile` of the Euclidean
+    distance to the seed; order 0 (a single source) is kept once, whatever the
+    profiles. Rows are ordered by order, then profile, then seed.
+
+    Parameters
+    ----------
+    pos : array, shape (n_sources, 3)
+        Source positions.
+    adjacency : scipy.sparse matrix, shape (n_sources, n_sources)
+        Mesh adjacency.
+    orders : tuple of int
+        Inclusive range of orders.
+    profiles : tuple of str
+        Of :data:`PROFILES`.
+
+    Returns
+    -------
+    atoms : scipy.sparse.csr_matrix, shape (n_patches, n_sources)
+        Profile of each patch (1 at its seed), sorted indices.
+    seeds, patch_orders : array of int64, shape (n_patches,)
+    """
+    pos = np.asarray(pos, np.float64)
+    n = len(pos)
+    hops = ring_hops(adjacency, orders[1])
+    rows = np.repeat(np.arange(n), np.diff(hops.indptr))
+    dist = np.linalg.norm(pos[hops.indices] - pos[rows], axis=1)
+    blocks, seeds, patch_orders = [], [], []
+    for order in range(orders[0], orders[1] + 1):
+        inside = hops.data <= order
+        r, c, d = rows[inside], hops.indices[inside], dist[inside]
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(r, minlength=n))])
+        for kind in (profiles[:1] if order == 0 else profiles):
+            vals = np.concatenate([patch_profile(d[a:b], kind)
+                                   for a, b in zip(bounds[:-1], bounds[1:])])
+            blocks.append(sparse.csr_matrix((vals, c, bounds), shape=(n, n)))
+            seeds.append(np.arange(n))
+            patch_orders.append(np.full(n, order))
+    atoms = sparse.vstack(blocks, format="csr")
+    atoms.sort_indices()
+    return atoms, np.concatenate(seeds).astype(np.int64), np.concatenate(
+        patch_orders).astype(np.int64)

@@ -24,7 +24,7 @@ from mne.utils import fill_doc, logger, verbose, warn
 
 from ._config import check_device, check_n_jobs
 from ._forward import fixed_surface_forward
-from .pretrained import DEFAULT_MODEL, check_precision, load_model
+from .pretrained import DEFAULT_MODEL, check_precision, load_model, source_patches
 from .solver.init import fitted_scale
 
 _SFREQ_TOL = 0.05  # relative sampling-rate mismatch tolerated without resampling
@@ -276,6 +276,9 @@ class LearnedMMInverse:
         self.device_ = device
         self.solver_, self.config_ = solver, config
         self.fwd_ = _restrict_to_model(fwd_fixed, self.config_)
+        start = solver.start_network
+        if start is not None and start.config.patch_set is not None:
+            start.patches = source_patches(self.fwd_, config).to(device)
         self.noise_cov_ = noise_cov
         self._gain_cache = None
         self.sfreq_model_ = float(self.config_["sfreq"])

@@ -361,7 +361,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
         ``residual_passes``, ``rotation``, ``single_source``, ``rank_threshold``,
-        ``source_set``).
+        ``source_set``, ``patch_set``).
     precision : "auto" | "float32" | "float16"
         Storage of the start network's weights. ``"float16"``: float16
         weights in float32 arithmetic
@@ -429,6 +429,39 @@ def _start_precision(network, precision):
     return network if half is None else half
 
 
+def source_patches(fwd, config):
+    """The patches that a model's start chooses among, on the sources of ``fwd``.
+
+    Its training bank's patches (:func:`~mne_learned_mm._forward.patch_atoms` with
+    the recipe's ``orders`` and ``profiles``) on the mesh of ``fwd``'s source
+    space, for :attr:`~mne_learned_mm.solver.start.StartNetwork.patches`
+    (``StartConfig.patch_set``).
+
+    Parameters
+    ----------
+    fwd : mne.Forward
+        Fixed-orientation forward on the model's sources, in its order.
+    config : dict
+        The model's configuration (:func:`load_model`).
+
+    Returns
+    -------
+    patches : Tensor, shape (n_patches, n_sources)
+        Sparse (COO), float32.
+    """
+    import numpy as np
+
+    from ._forward import patch_atoms, source_adjacency
+
+    recipe = config.get("recipe") or {}
+    atoms = patch_atoms(fwd["source_rr"], source_adjacency(fwd["src"]),
+                        tuple(recipe.get("orders", (0, 5))),
+                        tuple(recipe.get("profiles", ("gaussian", "wide"))))[0].tocoo()
+    return torch.sparse_coo_tensor(np.vstack([atoms.row, atoms.col]), atoms.data,
+                                   atoms.shape, dtype=torch.float32,
+                                   check_invariants=True).coalesce()
+
+
 def _share_or_none(value):
     return None if value in (None, "none") else float(value)
 
@@ -436,7 +469,7 @@ def _share_or_none(value):
 #: inference settings of the start that :func:`load_model`'s ``start`` may override
 START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
                    "single_source": _share_or_none, "rank_threshold": float,
-                   "source_set": _share_or_none}
+                   "source_set": _share_or_none, "patch_set": _share_or_none}
 
 
 def _build_start(config, state, overrides=None):

@@ -215,6 +215,40 @@ def test_negated_data_give_negated_sources(inv, sim):
     np.testing.assert_allclose(stc_neg.data, -stc.data, rtol=0, atol=1e-4 * scale)
 
 
+def test_patches_active_together_are_found_exactly(inv, fwd_default):
+    """One to three Gaussian patches (the simulators' shape) whose responses overlap in
+    time, 40 dB: the estimate is those patches, peaking at their seeds
+    (``StartConfig.patch_set``, the patches of the fitted source space)."""
+    assert inv.solver_.start_network.patches.shape == (1284 * 11, 1284)
+    geo = SourceGeometry.from_forward(inv.fwd_)
+    rng = np.random.default_rng(2)
+    info = mne.create_info(fwd_default["info"]["ch_names"], 500.0, "eeg")
+    info.set_montage(mne.channels.make_standard_montage("colin27_1020"))
+    times = np.arange(100) / 500.0
+    G = inv.fwd_["sol"]["data"]
+    for n_patches in (1, 2, 3):
+        seeds = rng.choice(geo.n_sources, n_patches, replace=False)
+        while n_patches > 1 and min(geo.ring_distance(a, [b])[0] for a in seeds
+                                    for b in seeds if a != b) < 8:
+            seeds = rng.choice(geo.n_sources, n_patches, replace=False)
+        X = np.zeros((geo.n_sources, len(times)))
+        for seed in seeds:
+            patch = geo.rings(seed, 2)
+            wave = np.exp(-0.5 * ((times - rng.uniform(0.08, 0.12)) / 0.02) ** 2)
+            X[patch] += np.outer(geo.patch_amplitude(seed, patch), wave) * rng.uniform(0.5, 1)
+        M = G @ X * 1e-8
+        noise = rng.standard_normal(M.shape)
+        evoked = mne.EvokedArray(M + 1e-2 * noise * np.linalg.norm(M) / np.linalg.norm(noise),
+                                 info, verbose=False)
+        data = inv.apply(evoked).data
+        support = np.flatnonzero(np.abs(data).max(1) > 1e-6 * np.abs(data).max())
+        assert set(support) == set(np.flatnonzero(np.abs(X).max(1))), n_patches
+        for seed in seeds:
+            patch = geo.rings(seed, 2)
+            t = np.abs(X[seed]).argmax()
+            assert patch[np.abs(data[patch, t]).argmax()] == seed
+
+
 def test_resampling_keeps_time_axis(inv, fwd_default):
     ds = SimulatedDataset(fwd_default, kind="sereega", n_samples=1, seed=9, snr_db=20.0)
     item = ds[0]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mne_learned_mm.pretrained import load_model
+from mne_learned_mm._forward import patch_atoms
+from mne_learned_mm.pretrained import load_model, source_patches
 from mne_learned_mm.simulation import SourceGeometry, make_leadfield
 from mne_learned_mm.simulation.bank import BankConfig, PatchBank
 from mne_learned_mm.solver.init import fitted_scale, normalise_problem, tikhonov_operator
@@ -313,6 +314,59 @@ def test_amortized_start_finds_sources_active_together(fwd_small):
     assert len(torch.nonzero(amortized_start(Y, L, net)[0].abs().amax(1) > 1e-9)) > 3
 
 
+def test_patch_atoms_are_the_rings_and_profiles(fwd_small):
+    """Row k of patch_atoms: the seed's rings of its order, weighted by its profile."""
+    geo = SourceGeometry.from_forward(fwd_small)
+    atoms, seeds, orders = patch_atoms(geo.pos, geo.adjacency, (0, 3), ("gaussian", "wide"))
+    n = geo.n_sources
+    assert atoms.shape == (n * (1 + 3 * 2), n)
+    np.testing.assert_array_equal(np.bincount(orders), [n, 2 * n, 2 * n, 2 * n])
+    for k in (5, n + 17, 3 * n + 40, 6 * n + 100):  # order 0, 1 gaussian, 2 gaussian, 3 wide
+        row = atoms.getrow(k)
+        patch = geo.rings(seeds[k], orders[k])
+        np.testing.assert_array_equal(row.indices, patch)
+        dist = np.linalg.norm(geo.pos[patch] - geo.pos[seeds[k]], axis=1)
+        sigma = dist.max() / (1 if k >= 6 * n else 2)
+        expected = np.exp(-0.5 * (dist / sigma) ** 2) if sigma > 0 else np.ones(1)
+        np.testing.assert_allclose(row.data, expected, rtol=1e-12)
+    gaussian = slice(n, 2 * n)  # order 1, the simulators' profile
+    k = 30
+    np.testing.assert_allclose(atoms[gaussian][k].data,
+                               geo.patch_amplitude(k, geo.rings(k, 1)), rtol=1e-12)
+
+
+def test_patch_set_finds_patches_active_together(fwd_small):
+    """Two noise-free patches of the dictionary, mixed in both components: the patch set
+    finds them exactly, X0 = X; without patches (or with patch_set=None) it does not."""
+    geo = SourceGeometry.from_forward(fwd_small)
+    config = {"recipe": {"orders": [0, 3], "profiles": ["gaussian", "wide"]}}
+    patches = source_patches(fwd_small, config).double()
+    dense = patches.to_dense()
+    L = torch.as_tensor(make_leadfield(fwd_small))
+    L = L - L.mean(0)
+    n = geo.n_sources
+    which = [n + 20, 4 * n + 200]  # order 1 and order 2 (wide) patches, far apart
+    assert geo.ring_distance(20, [200])[0] > 6
+    t = torch.linspace(0, 1, 40, dtype=torch.float64)
+    waves = torch.stack([torch.exp(-((t - c) / 0.15) ** 2) for c in (0.45, 0.55)])
+    X = dense[which].T @ (waves * torch.tensor([[1.0], [-0.6]], dtype=torch.float64))
+    Y = (L @ X)[None]
+    torch.manual_seed(0)
+    net = StartNetwork(n, StartConfig(hidden=16, depth=1)).double()
+    net.patches = patches
+    X0 = amortized_start(Y, L, net)[0]
+    torch.testing.assert_close(X0, X, atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(amortized_start(-Y, L, net)[0], -X0)
+    torch.testing.assert_close(net.patch_images(L), L @ dense.T)
+    for off in ({"patch_set": None}, {"patches": None}):
+        other = StartNetwork(n, StartConfig(hidden=16, depth=1)).double()
+        other.load_state_dict(net.state_dict())
+        other.patches = patches
+        for key, value in off.items():
+            setattr(other.config if key == "patch_set" else other, key, value)
+        assert not torch.allclose(amortized_start(Y, L, other)[0], X, atol=1e-3)
+
+
 def test_load_model_start_overrides(fwd_default):
     L = torch.as_tensor(make_leadfield(fwd_default), dtype=torch.float32)
     Y = torch.randn(1, L.shape[0], 32, generator=torch.Generator().manual_seed(0))
@@ -328,12 +382,15 @@ def test_load_model_start_overrides(fwd_default):
     with pytest.raises(ValueError, match="rotation must be one of"):
         load_model(n_iter=0, start={"rotation": "oblique"})
     with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source, "
-                                         "rank_threshold, source_set"):
+                                         "rank_threshold, source_set, patch_set"):
         load_model(n_iter=0, start={"hidden": 8})
     plain, _ = load_model(n_iter=0, start={"single_source": "none"})
     assert plain.start_network.config.single_source is None
     assert pipe.start_network.config.single_source == 0.95
     assert pipe.start_network.config.source_set == 0.98
+    assert pipe.start_network.config.patch_set == 0.99 and pipe.start_network.patches is None
+    no_patches, _ = load_model(n_iter=0, start={"patch_set": "none"})
+    assert no_patches.start_network.config.patch_set is None
     no_set, _ = load_model(n_iter=0, start={"source_set": "none"})
     assert no_set.start_network.config.source_set is None
     gd, _ = load_model(n_iter=0, start={"rank_threshold": "1"})

@@ -17,24 +17,9 @@ import numpy as np
 import torch
 
 from .._docs import fill_doc
-from .geometry import SourceGeometry, gaussian_profile
+from .._forward import PROFILES, patch_atoms
+from .geometry import SourceGeometry
 from .leadfield import make_leadfield
-
-#: Spatial profiles over a patch, as a function of the distance d to its seed:
-#: the simulators' Gaussian (σ = max d / 2), a wider Gaussian (σ = max d) and
-#: a flat patch (as :func:`mne.simulation.select_source_in_label` patches).
-PROFILES = ("gaussian", "wide", "flat")
-
-
-def _profile(dist, kind):
-    if kind == "gaussian":
-        return gaussian_profile(dist)
-    if kind == "wide":
-        sigma = dist.max()
-        return np.ones_like(dist) if sigma == 0 else np.exp(-0.5 * (dist / sigma) ** 2)
-    if kind == "flat":
-        return np.ones_like(dist)
-    raise ValueError(f"profile must be one of {PROFILES}, got {kind!r}")
 
 
 @fill_doc
@@ -112,26 +97,18 @@ class PatchBank:
     def __init__(self, geometry, L, orders=(0, 5), profiles=PROFILES):
         self.geometry = geometry
         self.L = torch.as_tensor(np.asarray(L), dtype=torch.float32)
-        seeds, ords, idx, wts = [], [], [], []
-        for order in range(orders[0], orders[1] + 1):
-            for kind in (profiles[:1] if order == 0 else profiles):
-                for seed in range(geometry.n_sources):
-                    patch = geometry.rings(seed, order)
-                    dist = np.linalg.norm(geometry.pos[patch] - geometry.pos[seed], axis=1)
-                    seeds.append(seed)
-                    ords.append(order)
-                    idx.append(patch)
-                    wts.append(_profile(dist, kind))
-        size = max(len(p) for p in idx)
-        self.seeds = np.asarray(seeds, np.int64)
-        self.orders = np.asarray(ords, np.int64)
-        self.index = torch.zeros(len(idx), size, dtype=torch.int64)
-        self.weight = torch.zeros(len(idx), size)
-        for k, (p, w) in enumerate(zip(idx, wts)):
-            self.index[k, :len(p)] = torch.as_tensor(p)
-            self.weight[k, :len(p)] = torch.as_tensor(w, dtype=torch.float32)
-        self.images = self.sources(torch.arange(len(idx))[:, None],
-                                   torch.ones(len(idx), 1)) @ self.L.T
+        atoms, self.seeds, self.orders = patch_atoms(geometry.pos, geometry.adjacency,
+                                                     orders, profiles)
+        counts = np.diff(atoms.indptr)
+        slot = np.arange(atoms.nnz) - np.repeat(atoms.indptr[:-1], counts)
+        self.index = torch.zeros(atoms.shape[0], counts.max(), dtype=torch.int64)
+        self.weight = torch.zeros(atoms.shape[0], counts.max())
+        rows = torch.as_tensor(np.repeat(np.arange(atoms.shape[0]), counts))
+        self.index[rows, slot] = torch.as_tensor(atoms.indices, dtype=torch.int64)
+        self.weight[rows, slot] = torch.as_tensor(atoms.data, dtype=torch.float32)
+        n_patches = len(self.seeds)
+        self.images = self.sources(torch.arange(n_patches)[:, None],
+                                   torch.ones(n_patches, 1)) @ self.L.T
         self.images = self.images.T.contiguous()
         geometry._ensure_radius(2 * orders[1] + 4)  # the farthest non-overlap rule
         hops = geometry._hops.toarray()  # ring numbers; 0 on the diagonal and where unreached

@@ -4,7 +4,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import shortest_path
 
-from .._forward import check_surface_forward, ring_hops, source_adjacency
+from .._forward import check_surface_forward, gaussian_profile, ring_hops, source_adjacency
 
 __all__ = ["SourceGeometry", "gaussian_profile", "source_adjacency"]
 
@@ -158,21 +158,3 @@ class SourceGeometry:
         """
         return gaussian_profile(np.linalg.norm(self.pos[patch] - self.pos[seed], axis=1))
 
-
-def gaussian_profile(dist):
-    """Amplitude ``exp(-0.5 (d / sigma)^2)`` with ``sigma = max(d) / 2``.
-
-    Parameters
-    ----------
-    dist : array, shape (n,)
-        Distances to the seed.
-
-    Returns
-    -------
-    amplitude : array, shape (n,)
-        1 at the seed, ``exp(-2)`` at the farthest source.
-    """
-    sigma = dist.max() / 2.0
-    if sigma == 0:
-        return np.ones_like(dist)
-    return np.exp(-0.5 * (dist / sigma) ** 2)

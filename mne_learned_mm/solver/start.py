@@ -70,6 +70,11 @@ class StartConfig:
         they must also out-explain while the patterns add little beside them
         (:func:`select_source_set`); windows of two or more components,
         inference only. ``None``: never.
+    patch_set : float | None
+        The same choice among the patches of the network's source space (its
+        training bank's seeds × orders × profiles, :attr:`StartNetwork.patches`),
+        for windows of one or more components; inference only, and only where
+        the patches are set. ``None``: never.
     """
 
     hidden: int = 1024
@@ -82,11 +87,12 @@ class StartConfig:
     single_source: float | None = 0.95
     rank_threshold: float = 0.9
     source_set: float | None = 0.98
+    patch_set: float | None = 0.99
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
-        for key in ("single_source", "source_set"):
+        for key in ("single_source", "source_set", "patch_set"):
             share = getattr(self, key)
             if share is not None and not 0 < share <= 1:
                 raise ValueError(f"{key} must be in (0, 1] or None, got {share!r}")
@@ -104,12 +110,39 @@ class StartNetwork(nn.Module):
     ----------
     n_sources : int
     config : StartConfig | None
+
+    Attributes
+    ----------
+    patches : Tensor, shape (n_patches, n_sources) | None
+        Sparse profiles of the patches that ``config.patch_set`` chooses among
+        (set from the source space, e.g. by
+        :meth:`mne_learned_mm.LearnedMMInverse.fit`); None: no patch choice.
     """
 
     def __init__(self, n_sources, config=None):
         super().__init__()
         self.config = cfg = StartConfig() if config is None else config
         self.nets = nn.ModuleList(_mlp(n_sources, cfg) for _ in range(cfg.members))
+        self.patches = None
+        self._images = None
+
+    def patch_images(self, L):
+        """Sensor images ``L pᵢ`` of the patches, kept for the next call with the same ``L``.
+
+        Parameters
+        ----------
+        L : Tensor, shape (n_sensors, n_sources)
+
+        Returns
+        -------
+        images : Tensor, shape (n_sensors, n_patches)
+        """
+        cached = self._images
+        if cached is None or not (cached[0].shape == L.shape and cached[0].device == L.device
+                                  and cached[0].dtype == L.dtype and torch.equal(cached[0], L)):
+            patches = self.patches.to(device=L.device, dtype=L.dtype)
+            cached = self._images = (L, torch.sparse.mm(patches, L.T).T.contiguous())
+        return cached[1]
 
     def net(self, z):
         """Mean of the members' outputs."""
@@ -323,23 +356,26 @@ def unexplained_share(C, G):
 
 
 @fill_doc
-def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3):
+def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, patches=None,
+                      images=None, min_rank=2):
     """Replace a window's patterns by as many single sources where they fit better.
 
-    For a window of ``r ≥ 2`` kept components ``C``, :func:`rap_music` finds
-    ``r`` sources ``Q``; their columns ``L_Q`` replace the patterns ``F``
-    (one unit source per column; :func:`start_factors` fits the time courses)
-    where, as :func:`select_single_source` asks of one component,
+    For a window of ``r ≥ min_rank`` kept components ``C``, :func:`rap_music`
+    finds ``r`` sources ``Q`` (or ``r`` patches, among ``patches``); their
+    images ``G_Q`` replace the patterns ``F`` (one unit source or one patch per
+    column; :func:`start_factors` fits the time courses) where, as
+    :func:`select_single_source` asks of one component,
 
     - they explain at least ``min_share`` of ``‖C‖²``, and at least as much as
       the patterns' images ``L F`` do, and
-    - the patterns add little beside them: fitting ``C`` by ``L_Q`` and
-      ``L F`` together removes less than ``max_pattern_gain`` of ``L_Q``'s
+    - the patterns add little beside them: fitting ``C`` by ``G_Q`` and
+      ``L F`` together removes less than ``max_pattern_gain`` of ``G_Q``'s
       residual.
 
     Focal sources active together are mixed in every component (the rotation
     cannot tell them apart), so no one component's topography is a single
-    source's; their subspace is spanned by their columns all the same.
+    source's; their subspace is spanned by their columns all the same. The
+    same holds for patches of the given shapes.
     Depends on ``C``'s span only, so ``F`` is even in the data.
 
     Parameters
@@ -351,31 +387,43 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3):
     keep : Tensor, shape (n_batch, r)
         1 for the kept components.
     %(L_min_share)s
+    patches : Tensor, shape (n_patches, n_sources) | None
+        Sparse patch profiles to choose among; None: single sources.
+    images : Tensor, shape (n_sensors, n_patches) | None
+        ``L`` times each patch (:meth:`StartNetwork.patch_images`), with ``patches``.
+    min_rank : int
+        Fewest components of a window that the choice looks at.
 
     Returns
     -------
     F : Tensor, shape (n_batch, n_sources, r)
     """
+    D = L if patches is None else images
     out = F
     rank = keep.sum(1).long()
     rounding = 100 * torch.finfo(F.dtype).eps
     for k in torch.unique(rank).tolist():
-        if k < 2:
+        if k < max(min_rank, 1):
             continue
         sel = torch.nonzero(rank == k).squeeze(1)
         C = comps[sel, :, :k]
-        Q = rap_music(C, L, k)
-        LQ = L.T[Q].transpose(1, 2)  # (b, n_sensors, k)
+        Q = rap_music(C, D, k)
+        GQ = D.T[Q].transpose(1, 2)  # (b, n_sensors, k)
         LF = _times_leadfield(F[sel, :, :k].transpose(1, 2), L.T).transpose(1, 2)
-        res = unexplained_share(C, LQ)
+        res = unexplained_share(C, GQ)
         use = ((1 - res >= min_share) & (res <= unexplained_share(C, LF))
-               & (unexplained_share(C, torch.cat([LQ, LF], 2))
+               & (unexplained_share(C, torch.cat([GQ, LF], 2))
                   > (1 - max_pattern_gain) * res - rounding))
         if bool(use.any()):
             out = out.clone() if out is F else out
             chosen = Q[use]
-            out[sel[use], :, :k] = torch.zeros_like(out[sel[use], :, :k]).scatter_(
-                1, chosen[:, None], torch.ones_like(chosen[:, None], dtype=F.dtype))
+            if patches is None:
+                new = torch.zeros_like(out[sel[use], :, :k]).scatter_(
+                    1, chosen[:, None], torch.ones_like(chosen[:, None], dtype=F.dtype))
+            else:
+                rows = patches.index_select(0, chosen.flatten()).to_dense()
+                new = rows.to(F.dtype).reshape(len(chosen), k, -1).transpose(1, 2)
+            out[sel[use], :, :k] = new
     return out
 
 
@@ -696,6 +744,9 @@ def start_factors(Y, L, network, *, K=None):
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
+    if cfg.patch_set is not None and network.patches is not None:
+        F = select_source_set(F, comps, keep, L, cfg.patch_set, patches=network.patches,
+                              images=network.patch_images(L), min_rank=1)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
 
 
