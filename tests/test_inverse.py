@@ -79,7 +79,8 @@ def test_noiseless_amplitude_and_residual(inv, fwd_default):
     # the fitted amplitude matches the data's energy within the unexplained part
     r2 = 1 - np.sum((Y - pred) ** 2) / np.sum(Y ** 2)
     assert r2 > 0.5
-    assert np.linalg.norm(pred) <= np.linalg.norm(Y) * (1 + 1e-9)
+    # a least-squares fit (computed in float32: a noise-free window is fitted exactly)
+    assert np.linalg.norm(pred) <= np.linalg.norm(Y) * (1 + 1e-6)
 
 
 def test_any_reference_gives_same_result(inv, sim):
@@ -218,7 +219,8 @@ def test_negated_data_give_negated_sources(inv, sim):
 def test_patches_active_together_are_found_exactly(inv, fwd_default):
     """One to three Gaussian patches (the simulators' shape) whose responses overlap in
     time, 40 dB: the estimate is those patches, peaking at their seeds
-    (``StartConfig.patch_set``, the patches of the fitted source space)."""
+    (``StartConfig.patch_set``, the patches of the fitted source space), with a faint
+    background from the residual pass."""
     assert inv.solver_.start_network.patches.shape == (1284 * 11, 1284)
     geo = SourceGeometry.from_forward(inv.fwd_)
     rng = np.random.default_rng(2)
@@ -241,8 +243,9 @@ def test_patches_active_together_are_found_exactly(inv, fwd_default):
         evoked = mne.EvokedArray(M + 1e-2 * noise * np.linalg.norm(M) / np.linalg.norm(noise),
                                  info, verbose=False)
         data = inv.apply(evoked).data
-        support = np.flatnonzero(np.abs(data).max(1) > 1e-6 * np.abs(data).max())
-        assert set(support) == set(np.flatnonzero(np.abs(X).max(1))), n_patches
+        active = np.abs(X).max(1) > 0
+        share = np.sum(data[active] ** 2) / np.sum(data ** 2)
+        assert share > 0.99, (n_patches, share)  # what the residual pass adds is faint
         for seed in seeds:
             patch = geo.rings(seed, 2)
             t = np.abs(X[seed]).argmax()

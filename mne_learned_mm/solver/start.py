@@ -172,6 +172,26 @@ class StartNetwork(nn.Module):
         z = sign * z / z.norm(dim=1, keepdim=True).clamp_min(torch.finfo(z.dtype).tiny)
         return sign * self.net(z)
 
+    def residual_pass(self, x, y, L, K):
+        """``x + β f(K r)``: the network's pattern of the residual ``r = y − L x``, added
+        with its least-squares amplitude ``β = ⟨r, L d⟩ / ‖L d‖²`` (a learned deflation).
+
+        Parameters
+        ----------
+        x : Tensor, shape (n, n_sources)
+            Patterns fitted to ``y``.
+        y : Tensor, shape (n, n_sensors)
+        L : Tensor, shape (n_sensors, n_sources)
+        K : Tensor, shape (n_sources, n_sensors)
+
+        Returns
+        -------
+        x : Tensor, shape (n, n_sources)
+        """
+        r = y - x @ L.T
+        d = self(r @ K.T)
+        return x + fitted_scale(r, d @ L.T)[:, None] * d
+
     def patterns(self, y, L, K):
         """Source pattern of each topography: the first pass and the residual passes.
 
@@ -201,11 +221,7 @@ class StartNetwork(nn.Module):
         """
         x = self(y @ K.T)
         for _ in range(self.config.residual_passes):
-            Lx = x @ L.T
-            alpha = fitted_scale(y, Lx)[:, None]
-            r = y - alpha * Lx
-            d = self(r @ K.T)
-            x = alpha * x + fitted_scale(r, d @ L.T)[:, None] * d
+            x = self.residual_pass(fitted_scale(y, x @ L.T)[:, None] * x, y, L, K)
         if self.config.single_source is not None:
             x = select_single_source(x, y, L, self.config.single_source)
         return x
@@ -745,9 +761,35 @@ def start_factors(Y, L, network, *, K=None):
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
     if cfg.patch_set is not None and network.patches is not None:
-        F = select_source_set(F, comps, keep, L, cfg.patch_set, patches=network.patches,
-                              images=network.patch_images(L), min_rank=1)
+        chosen = select_source_set(F, comps, keep, L, cfg.patch_set,
+                                   patches=network.patches, images=network.patch_images(L),
+                                   min_rank=1)
+        F = _deflate_changed(chosen, F, comps, keep, L, K, network)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
+
+
+def _deflate_changed(F, before, comps, keep, L, K, network):
+    """Where a choice changed a window's patterns, each component's pattern becomes its
+    least-squares fit by them, then gets the network's residual passes
+    (:meth:`StartNetwork.residual_pass`), as the network's own patterns do: a weak patch
+    that the chosen patches leave out is found in what they leave unexplained. Unit
+    norm (the time courses are fitted next), so components of any size stay well
+    conditioned."""
+    w = torch.nonzero((F != before).flatten(1).any(1)).squeeze(1)
+    if len(w) == 0:
+        return F
+    Fw, C, kept = F[w], comps[w], keep[w].reshape(-1) > 0
+    fits = Fw @ (torch.linalg.pinv(L @ Fw) @ C)  # (b, n_sources, r), L fits ≈ C
+    b, n_sources, r = fits.shape
+    x = fits.transpose(1, 2).reshape(b * r, n_sources)[kept]
+    y = C.transpose(1, 2).reshape(b * r, -1)[kept]
+    for _ in range(network.config.residual_passes):
+        x = network.residual_pass(x, y, L, K)
+    out = torch.zeros(b * r, n_sources, dtype=F.dtype, device=F.device)
+    out[kept] = x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    F = F.clone()
+    F[w] = out.reshape(b, r, n_sources).transpose(1, 2)
+    return F
 
 
 def start_loss(x, x_hat, background_weight=0.5):
