@@ -115,7 +115,7 @@ class LearnedMMInverse:
     sLORETA (2.5 mm against 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
     The same choice among the patches of the model's training bank (built by
     :meth:`fit` from the forward's source space) takes the patches where they
-    explain 99 %% of the window: the patches of the simulated test sets are
+    explain 98.5 %% of the window: the patches of the simulated test sets are
     then found with their true profile.
     """
 

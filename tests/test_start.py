@@ -388,7 +388,7 @@ def test_load_model_start_overrides(fwd_default):
     assert plain.start_network.config.single_source is None
     assert pipe.start_network.config.single_source == 0.95
     assert pipe.start_network.config.source_set == 0.98
-    assert pipe.start_network.config.patch_set == 0.99 and pipe.start_network.patches is None
+    assert pipe.start_network.config.patch_set == 0.985 and pipe.start_network.patches is None
     no_patches, _ = load_model(n_iter=0, start={"patch_set": "none"})
     assert no_patches.start_network.config.patch_set is None
     no_set, _ = load_model(n_iter=0, start={"source_set": "none"})

@@ -87,7 +87,7 @@ class StartConfig:
     single_source: float | None = 0.95
     rank_threshold: float = 0.9
     source_set: float | None = 0.98
-    patch_set: float | None = 0.99
+    patch_set: float | None = 0.985
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
