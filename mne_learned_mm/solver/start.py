@@ -11,7 +11,11 @@ learned deflation, :meth:`StartNetwork.patterns`). :func:`amortized_start`
 handles time explicitly: it keeps the
 temporal components of ``Y`` above the noise (Gavish-Donoho threshold),
 applies the network to each component's topography and fits the time
-courses of the resulting patterns by least squares.
+courses of the resulting patterns by least squares. Where one source
+(:func:`select_single_source`), or as many single sources or patches of the
+training bank as the window has components (:func:`select_source_set`,
+:func:`rap_music`), explain the data better than the network's patterns, by
+nested-model tests, they replace them.
 
 Sign equivariance is exact: the network sees its input with the sign that
 makes its largest-magnitude entry positive and returns its output with the
