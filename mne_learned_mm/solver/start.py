@@ -314,6 +314,8 @@ def rap_music(C, L, n_found):
     C : Tensor, shape (n_batch, n_sensors, r)
         A basis of each sample's signal subspace (its spatial components).
     L : Tensor, shape (n_sensors, n_sources)
+        The leadfield, or any dictionary of sensor images (the patches' images
+        of :meth:`StartNetwork.patch_images`); its columns are the candidates.
     n_found : int
         Sources to find, at most ``r``.
 
@@ -378,7 +380,7 @@ def unexplained_share(C, G):
 @fill_doc
 def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, patches=None,
                       images=None, min_rank=2):
-    """Replace a window's patterns by as many single sources where they fit better.
+    """Replace a window's patterns by as many single sources (or patches) where they fit better.
 
     For a window of ``r ≥ min_rank`` kept components ``C``, :func:`rap_music`
     finds ``r`` sources ``Q`` (or ``r`` patches, among ``patches``); their
