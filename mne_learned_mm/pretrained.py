@@ -329,19 +329,16 @@ class SolverPipeline:
 
     def _cached(self, name, L, compute):
         """``compute(L)``, recomputed only when ``L`` differs from the last call's."""
+        from .solver.init import same_tensor
+
         cached = getattr(self, name, None)
-        if cached is None or not _same(cached[0], L):
+        if cached is None or not same_tensor(cached[0], L):
             cached = (L, compute(L))
             setattr(self, name, cached)
         return cached[1]
 
     def _solve_normalised(self, Y, L):
         return self.module(Y, L, X0=self.start(Y, L))
-
-
-def _same(a, b):
-    return a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and bool(
-        torch.equal(a, b))
 
 
 def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=None,

@@ -155,3 +155,10 @@ def fitted_scale(Y, P):
     """
     dims = tuple(range(1, Y.dim()))
     return (Y * P).sum(dims) / P.square().sum(dims).clamp_min(torch.finfo(P.dtype).tiny)
+
+
+def same_tensor(a, b):
+    """Whether two tensors are equal in shape, device, dtype and every value (the test of
+    the caches kept per leadfield)."""
+    return a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and bool(
+        torch.equal(a, b))

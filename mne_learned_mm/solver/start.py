@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .._docs import fill_doc
-from .init import fitted_scale, tikhonov_operator
+from .init import fitted_scale, same_tensor, tikhonov_operator
 
 #: rotations of the temporal components (:attr:`StartConfig.rotation`)
 ROTATIONS = ("none", "varimax")
@@ -142,8 +142,7 @@ class StartNetwork(nn.Module):
         images : Tensor, shape (n_sensors, n_patches)
         """
         cached = self._images
-        if cached is None or not (cached[0].shape == L.shape and cached[0].device == L.device
-                                  and cached[0].dtype == L.dtype and torch.equal(cached[0], L)):
+        if cached is None or not same_tensor(cached[0], L):
             patches = self.patches.to(device=L.device, dtype=L.dtype)
             cached = self._images = (L, torch.sparse.mm(patches, L.T).T.contiguous())
         return cached[1]
@@ -289,9 +288,7 @@ def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
     share = peak[:, 0].square() / energy
     image = x @ L.T
     both = torch.stack([L.T[best[:, 0]], image], 2)  # (n, n_sensors, 2)
-    fitted = both @ (torch.linalg.pinv(both.transpose(1, 2) @ both)
-                     @ (both.transpose(1, 2) @ y[:, :, None]))
-    residual_both = (y - fitted[:, :, 0]).square().sum(1) / energy
+    residual_both = unexplained_share(y[:, :, None], both)
     rounding = 100 * torch.finfo(y.dtype).eps  # residuals below it are a perfect fit
     use = ((share >= min_share) & (share >= explained_share(y, image))
            & (residual_both > (1 - max_pattern_gain) * (1 - share) - rounding))
@@ -781,8 +778,10 @@ def _deflate_changed(F, before, comps, keep, L, K, network):
     that the chosen patches leave out is found in what they leave unexplained. Unit
     norm (the time courses are fitted next), so components of any size stay well
     conditioned."""
+    if F is before:  # the choice took no window
+        return F
     w = torch.nonzero((F != before).flatten(1).any(1)).squeeze(1)
-    if len(w) == 0:
+    if len(w) == 0:  # it took windows whose patterns it already held
         return F
     Fw, C, kept = F[w], comps[w], keep[w].reshape(-1) > 0
     fits = Fw @ (torch.linalg.pinv(L @ Fw) @ C)  # (b, n_sources, r), L fits ≈ C
