@@ -110,7 +110,8 @@ def main():
                           snr_db=args.snr, config=config, verbose=False)
     pipe, model_config = load_model(args.model, n_iter=args.n_iter)
     if pipe.start_network is not None:  # the patches of the start's patch set
-        pipe.start_network.patches = source_patches(fwd, model_config)
+        pipe.start_network.patches = source_patches(fwd, model_config,
+                                                    pipe.start_network.config.patch_orders)
     L = torch.tensor(ds.L - ds.L.mean(axis=0), dtype=torch.float32)
     pos, adjacency = ds.geometry.pos, ds.geometry.adjacency
     scores = {name: [] for name in ESTIMATES}

@@ -114,7 +114,8 @@ def _set_patches(pipe, fwd, config):
     """The patches of the start's patch set, on the solving forward's sources (as
     :meth:`~mne_learned_mm.LearnedMMInverse.fit` sets them)."""
     if pipe.start_network is not None:
-        pipe.start_network.patches = source_patches(fwd, config)
+        pipe.start_network.patches = source_patches(fwd, config,
+                                                    pipe.start_network.config.patch_orders)
 
 
 def _learned(pipe):

@@ -113,10 +113,11 @@ class LearnedMMInverse:
     the data have components (RAP-MUSIC) explain a window better, the start
     takes them: two or three simultaneous dipoles are found closer than by
     sLORETA (2.5 mm against 4.8 mm over 1-3 dipoles, ``benchmarks/RESULTS.md``).
-    The same choice among the patches of the model's training bank (built by
-    :meth:`fit` from the forward's source space) takes the patches where they
-    explain 98.5 %% of the window: the patches of the simulated test sets are
-    then found with their true profile.
+    The same choice among patches of the profiles of the model's training
+    bank, grown by 0 to 7 neighbour rings (built by :meth:`fit` from the
+    forward's source space), takes the patches where they explain 99.5 %% of
+    the window besides what its noise level lets no model explain: the patches
+    of the simulated test sets are then found with their true profile.
     """
 
     def __init__(self, model=DEFAULT_MODEL, *, n_iter=None, bound=None, device="auto",
@@ -282,7 +283,8 @@ class LearnedMMInverse:
         self.fwd_ = _restrict_to_model(fwd_fixed, self.config_)
         start = solver.start_network
         if start is not None and start.config.patch_set is not None:
-            start.patches = source_patches(self.fwd_, config).to(device)
+            start.patches = source_patches(self.fwd_, config,
+                                           start.config.patch_orders).to(device)
         self.noise_cov_ = noise_cov
         self._gain_cache = None
         self.sfreq_model_ = float(self.config_["sfreq"])

@@ -358,7 +358,7 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
         ``residual_passes``, ``rotation``, ``single_source``, ``rank_threshold``,
-        ``source_set``, ``patch_set``).
+        ``source_set``, ``patch_set``, ``noise_margin``, ``patch_orders``).
     precision : "auto" | "float32" | "float16"
         Storage of the start network's weights. ``"float16"``: float16
         weights in float32 arithmetic
@@ -426,12 +426,13 @@ def _start_precision(network, precision):
     return network if half is None else half
 
 
-def source_patches(fwd, config):
+def source_patches(fwd, config, orders=None):
     """The patches that a model's start chooses among, on the sources of ``fwd``.
 
-    Its training bank's patches (:func:`~mne_learned_mm._forward.patch_atoms` with
-    the recipe's ``orders`` and ``profiles``) on the mesh of ``fwd``'s source
-    space, for :attr:`~mne_learned_mm.solver.start.StartNetwork.patches`
+    Patches of its training bank's profiles (:func:`~mne_learned_mm._forward.patch_atoms`
+    with the recipe's ``profiles``), grown to the start's ``patch_orders``, on the
+    mesh of ``fwd``'s source space, for
+    :attr:`~mne_learned_mm.solver.start.StartNetwork.patches`
     (``StartConfig.patch_set``).
 
     Parameters
@@ -440,6 +441,9 @@ def source_patches(fwd, config):
         Fixed-orientation forward on the model's sources, in its order.
     config : dict
         The model's configuration (:func:`load_model`).
+    orders : tuple of int | None
+        First and last order; None: the configuration's ``start.patch_orders``, else
+        :class:`~mne_learned_mm.solver.start.StartConfig`'s default.
 
     Returns
     -------
@@ -449,10 +453,12 @@ def source_patches(fwd, config):
     import numpy as np
 
     from ._forward import patch_atoms, source_adjacency
+    from .solver.start import StartConfig
 
     recipe = config.get("recipe") or {}
-    atoms = patch_atoms(fwd["source_rr"], source_adjacency(fwd["src"]),
-                        tuple(recipe.get("orders", (0, 5))),
+    if orders is None:
+        orders = (config.get("start") or {}).get("patch_orders", StartConfig.patch_orders)
+    atoms = patch_atoms(fwd["source_rr"], source_adjacency(fwd["src"]), tuple(orders),
                         tuple(recipe.get("profiles", ("gaussian", "wide"))))[0].tocoo()
     return torch.sparse_coo_tensor(np.vstack([atoms.row, atoms.col]), atoms.data,
                                    atoms.shape, dtype=torch.float32,
@@ -463,10 +469,16 @@ def _share_or_none(value):
     return None if value in (None, "none") else float(value)
 
 
+def _orders(value):
+    """``(first, last)`` from a pair or from ``"first-last"``."""
+    return tuple(int(v) for v in (value.split("-") if isinstance(value, str) else value))
+
+
 #: inference settings of the start that :func:`load_model`'s ``start`` may override
 START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
                    "single_source": _share_or_none, "rank_threshold": float,
-                   "source_set": _share_or_none, "patch_set": _share_or_none}
+                   "source_set": _share_or_none, "patch_set": _share_or_none,
+                   "noise_margin": float, "patch_orders": _orders}
 
 
 def _build_start(config, state, overrides=None):

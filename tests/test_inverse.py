@@ -221,7 +221,7 @@ def test_patches_active_together_are_found_exactly(inv, fwd_default):
     time, 40 dB: the estimate is those patches, peaking at their seeds
     (``StartConfig.patch_set``, the patches of the fitted source space), with a faint
     background from the residual pass."""
-    assert inv.solver_.start_network.patches.shape == (1284 * 11, 1284)
+    assert inv.solver_.start_network.patches.shape == (1284 * 15, 1284)  # orders 0-7
     geo = SourceGeometry.from_forward(inv.fwd_)
     rng = np.random.default_rng(2)
     info = mne.create_info(fwd_default["info"]["ch_names"], 500.0, "eeg")

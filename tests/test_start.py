@@ -21,6 +21,8 @@ from mne_learned_mm.solver.start import (
     explained_share,
     gavish_donoho_rank,
     half_weight_network,
+    noise_share,
+    noise_variance,
     peak_loss,
     rap_music,
     rotate_components,
@@ -293,6 +295,65 @@ def test_source_set_replaces_patterns_only_where_they_fit_better():
         StartConfig(source_set=1.5)
 
 
+def _noisy_sources(gen, L, sources, sigma, n_batch, n_times=60):
+    """Average-referenced windows of unit sources with Gaussian bumps, plus white noise."""
+    waves = _bumps(n_times, torch.linspace(20, 40, len(sources)).tolist(), 6.0)
+    clean = L[:, sources] @ waves
+    noise = sigma * torch.randn(n_batch, L.shape[0], n_times, generator=gen,
+                                dtype=torch.float64)
+    Y = clean + noise
+    return Y - Y.mean(1, keepdim=True)
+
+
+@pytest.mark.parametrize("sources", [[7], [7, 30]])
+def test_noise_variance_and_share_match_white_noise(sources):
+    """The variance left beside the kept components is the noise's, and the share of the
+    components off the true sources' images is the one noise_share predicts."""
+    gen = torch.Generator().manual_seed(3)
+    L = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    L = L - L.mean(0)  # an average reference: 29 dimensions
+    net = StartNetwork(50, StartConfig(hidden=8, depth=1)).double()
+    net.patches = torch.eye(50, dtype=torch.float64).to_sparse()
+    n_dims = net.sensor_dims(L)
+    assert n_dims == 29
+    sigma = 0.4
+    Y = _noisy_sources(gen, L, sources, sigma, 200)
+    comps, Vh, keep = temporal_components(Y, 4)
+    assert bool((keep.sum(1) == len(sources)).all())
+    variance = noise_variance(Y, comps @ Vh, keep, n_dims)
+    assert abs(float(variance.mean()) / sigma ** 2 - 1) < 0.02  # per dimension of the 29
+    C = comps[:, :, :len(sources)]
+    ratio = unexplained_share(C, L[:, sources][None]) / noise_share(C, variance, n_dims)
+    assert 0.9 < float(ratio.median()) < 1.3
+    assert float(noise_share(C, variance, n_dims).median()) > 0.01  # noise matters here
+
+
+def test_patch_set_bar_leaves_the_noise_out():
+    """At a low SNR a fixed bar keeps the network's blurred pattern; with the noise's
+    share allowed, the true source replaces it, and never where the noise is pure."""
+    gen = torch.Generator().manual_seed(4)
+    L = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    L = L - L.mean(0)
+    Y = _noisy_sources(gen, L, [7], 0.4, 20)
+    comps, Vh, keep = temporal_components(Y, 4)
+    F = torch.zeros(20, 50, 4, dtype=torch.float64)
+    F[:, [6, 7, 8], 0] = 1.0  # the network's blurred guess
+    noise = (1.5 * noise_variance(Y, comps @ Vh, keep, 29), 29)
+    fixed = select_source_set(F, comps, keep, L, 0.995, min_rank=1)
+    assert bool((fixed == F).all())
+    chosen = select_source_set(F, comps, keep, L, 0.995, min_rank=1, noise=noise)
+    assert [_one_hot_columns(x[:, :1]) for x in chosen] == [[7]] * 20
+    pure = _noisy_sources(gen, L, [7], 0.4, 20) - _noisy_sources(
+        torch.Generator().manual_seed(9), L, [7], 0.0, 1)
+    comps, Vh, keep = temporal_components(pure, 4)
+    noise = (1.5 * noise_variance(pure, comps @ Vh, keep, 29), 29)
+    F = torch.randn(20, 50, 4, generator=gen, dtype=torch.float64) * keep[:, None]
+    torch.testing.assert_close(select_source_set(F, comps, keep, L, 0.995, min_rank=1,
+                                                 noise=noise), F)
+    with pytest.raises(ValueError, match="noise_margin must be"):
+        StartConfig(noise_margin=-1.0)
+
+
 def test_amortized_start_finds_sources_active_together(fwd_small):
     """Noise-free focal sources with overlapping time courses: each component mixes them,
     the source set finds them exactly; X0(−Y) = −X0(Y)."""
@@ -339,9 +400,14 @@ def test_patch_set_finds_patches_active_together(fwd_small):
     """Two noise-free patches of the dictionary, mixed in both components: the patch set
     finds them exactly, X0 = X; without patches (or with patch_set=None) it does not."""
     geo = SourceGeometry.from_forward(fwd_small)
-    config = {"recipe": {"orders": [0, 3], "profiles": ["gaussian", "wide"]}}
+    config = {"start": {"patch_orders": [0, 3]}, "recipe": {"profiles": ["gaussian", "wide"]}}
     patches = source_patches(fwd_small, config).double()
     dense = patches.to_dense()
+    larger = source_patches(fwd_small, {"recipe": config["recipe"]})  # StartConfig's 0-7
+    assert larger.shape[0] == geo.n_sources * (1 + 2 * 7)
+    torch.testing.assert_close(larger.to_dense()[:len(dense)], dense.float())
+    with pytest.raises(ValueError, match="patch_orders must be"):
+        StartConfig(patch_orders=(3, 1))
     L = torch.as_tensor(make_leadfield(fwd_small))
     L = L - L.mean(0)
     n = geo.n_sources
@@ -382,13 +448,20 @@ def test_load_model_start_overrides(fwd_default):
     with pytest.raises(ValueError, match="rotation must be one of"):
         load_model(n_iter=0, start={"rotation": "oblique"})
     with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source, "
-                                         "rank_threshold, source_set, patch_set"):
+                                         "rank_threshold, source_set, patch_set, "
+                                         "noise_margin"):
         load_model(n_iter=0, start={"hidden": 8})
     plain, _ = load_model(n_iter=0, start={"single_source": "none"})
     assert plain.start_network.config.single_source is None
     assert pipe.start_network.config.single_source == 0.95
     assert pipe.start_network.config.source_set == 0.98
-    assert pipe.start_network.config.patch_set == 0.985 and pipe.start_network.patches is None
+    assert pipe.start_network.config.patch_set == 0.995 and pipe.start_network.patches is None
+    assert pipe.start_network.config.noise_margin == 1.5
+    fixed, _ = load_model(n_iter=0, start={"noise_margin": "0"})
+    assert fixed.start_network.config.noise_margin == 0.0
+    assert pipe.start_network.config.patch_orders == (0, 7)
+    bank_only, _ = load_model(n_iter=0, start={"patch_orders": "0-5"})
+    assert bank_only.start_network.config.patch_orders == (0, 5)
     no_patches, _ = load_model(n_iter=0, start={"patch_set": "none"})
     assert no_patches.start_network.config.patch_set is None
     no_set, _ = load_model(n_iter=0, start={"source_set": "none"})

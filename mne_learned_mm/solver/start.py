@@ -13,7 +13,7 @@ temporal components of ``Y`` above the noise (Gavish-Donoho threshold),
 applies the network to each component's topography and fits the time
 courses of the resulting patterns by least squares. Where one source
 (:func:`select_single_source`), or as many single sources or patches of the
-training bank as the window has components (:func:`select_source_set`,
+training bank's profiles as the window has components (:func:`select_source_set`,
 :func:`rap_music`), explain the data better than the network's patterns, by
 nested-model tests, they replace them.
 
@@ -76,9 +76,24 @@ class StartConfig:
         inference only. ``None``: never.
     patch_set : float | None
         The same choice among the patches of the network's source space (its
-        training bank's seeds × orders × profiles, :attr:`StartNetwork.patches`),
-        for windows of one or more components; inference only, and only where
-        the patches are set. ``None``: never.
+        training bank's profiles on every seed, grown by ``patch_orders`` rings,
+        :attr:`StartNetwork.patches`), for windows of one or more components,
+        with the noise's share allowed beside the bar (``noise_margin``);
+        inference only, and only where the patches are set. ``None``: never.
+    patch_orders : tuple of int
+        First and last neighbour-ring order of the patches that the patch set
+        chooses among (built from the fitted forward's source space by
+        :func:`~mne_learned_mm.pretrained.source_patches`, with the training
+        bank's profiles). The bank's are 0-5; the larger ones let a source
+        larger than any the network was trained on be taken whole. Inference
+        only.
+    noise_margin : float
+        Multiplies the noise's expected share of the kept components off the
+        chosen patches (:func:`noise_share`), which the patch set's bar allows
+        on top of ``1 − patch_set``: at a high SNR the bar is ``patch_set``,
+        at a low one it leaves the noise out. 1: the share that white noise of
+        the variance left beside the kept components (:func:`noise_variance`)
+        puts there; 0: a fixed bar. Inference only.
     """
 
     hidden: int = 1024
@@ -91,7 +106,9 @@ class StartConfig:
     single_source: float | None = 0.95
     rank_threshold: float = 0.9
     source_set: float | None = 0.98
-    patch_set: float | None = 0.985
+    patch_set: float | None = 0.995
+    patch_orders: tuple = (0, 7)
+    noise_margin: float = 1.5
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
@@ -102,6 +119,12 @@ class StartConfig:
                 raise ValueError(f"{key} must be in (0, 1] or None, got {share!r}")
         if not self.rank_threshold > 0:
             raise ValueError(f"rank_threshold must be positive, got {self.rank_threshold!r}")
+        first, last = self.patch_orders
+        if not 0 <= first <= last:
+            raise ValueError(f"patch_orders must be two orders 0 <= first <= last, got "
+                             f"{self.patch_orders!r}")
+        if not self.noise_margin >= 0:
+            raise ValueError(f"noise_margin must be >= 0, got {self.noise_margin!r}")
 
 
 class StartNetwork(nn.Module):
@@ -128,7 +151,7 @@ class StartNetwork(nn.Module):
         self.config = cfg = StartConfig() if config is None else config
         self.nets = nn.ModuleList(_mlp(n_sources, cfg) for _ in range(cfg.members))
         self.patches = None
-        self._images = None
+        self._of_leadfield = None
 
     def patch_images(self, L):
         """Sensor images ``L pᵢ`` of the patches, kept for the next call with the same ``L``.
@@ -141,11 +164,20 @@ class StartNetwork(nn.Module):
         -------
         images : Tensor, shape (n_sensors, n_patches)
         """
-        cached = self._images
+        return self._leadfield_cache(L)[1]
+
+    def sensor_dims(self, L):
+        """Dimension of the sensor space that ``L`` spans (its rank: the channels less
+        the reference and the projectors), kept as :meth:`patch_images` is."""
+        return self._leadfield_cache(L)[2]
+
+    def _leadfield_cache(self, L):
+        cached = self._of_leadfield
         if cached is None or not same_tensor(cached[0], L):
             patches = self.patches.to(device=L.device, dtype=L.dtype)
-            cached = self._images = (L, torch.sparse.mm(patches, L.T).T.contiguous())
-        return cached[1]
+            cached = self._of_leadfield = (L, torch.sparse.mm(patches, L.T).T.contiguous(),
+                                           int(torch.linalg.matrix_rank(L)))
+        return cached
 
     def net(self, z):
         """Mean of the members' outputs."""
@@ -376,7 +408,7 @@ def unexplained_share(C, G):
 
 @fill_doc
 def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, patches=None,
-                      images=None, min_rank=2):
+                      images=None, min_rank=2, noise=None):
     """Replace a window's patterns by as many single sources (or patches) where they fit better.
 
     For a window of ``r ≥ min_rank`` kept components ``C``, :func:`rap_music`
@@ -385,8 +417,9 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
     column; :func:`start_factors` fits the time courses) where, as
     :func:`select_single_source` asks of one component,
 
-    - they explain at least ``min_share`` of ``‖C‖²``, and at least as much as
-      the patterns' images ``L F`` do, and
+    - they explain at least ``min_share`` of ``‖C‖²`` (less the noise's
+      expected share off them, :func:`noise_share`, with ``noise``), and at
+      least as much as the patterns' images ``L F`` do, and
     - the patterns add little beside them: fitting ``C`` by ``G_Q`` and
       ``L F`` together removes less than ``max_pattern_gain`` of ``G_Q``'s
       residual.
@@ -412,6 +445,9 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
         ``L`` times each patch (:meth:`StartNetwork.patch_images`), with ``patches``.
     min_rank : int
         Fewest components of a window that the choice looks at.
+    noise : tuple of (Tensor, int) | None
+        Noise variance per entry, shape (n_batch,), and the sensor space's
+        dimension (:func:`noise_variance`); None: a fixed bar.
 
     Returns
     -------
@@ -430,7 +466,8 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
         GQ = D.T[Q].transpose(1, 2)  # (b, n_sensors, k)
         LF = _times_leadfield(F[sel, :, :k].transpose(1, 2), L.T).transpose(1, 2)
         res = unexplained_share(C, GQ)
-        use = ((1 - res >= min_share) & (res <= unexplained_share(C, LF))
+        bar = min_share if noise is None else min_share - noise_share(C, noise[0][sel], noise[1])
+        use = ((1 - res >= bar) & (res <= unexplained_share(C, LF))
                & (unexplained_share(C, torch.cat([GQ, LF], 2))
                   > (1 - max_pattern_gain) * res - rounding))
         if bool(use.any()):
@@ -444,6 +481,55 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
                 new = rows.to(F.dtype).reshape(len(chosen), k, -1).transpose(1, 2)
             out[sel[use], :, :k] = new
     return out
+
+
+def noise_share(C, variance, n_dims):
+    """Share of ``‖C‖²`` that white noise puts off the span of ``r`` sources fitted to it.
+
+    Each of the ``r`` components ``C = Y V`` of a window carries the noise of
+    ``Y`` along its unit time course: ``variance`` per dimension of the
+    ``n_dims``-dimensional sensor space, of which ``n_dims − r`` lie off the
+    span of ``r`` fitted images. So ``r (n_dims − r) σ² / ‖C‖²``.
+
+    Parameters
+    ----------
+    C : Tensor, shape (n_batch, n_sensors, r)
+    variance : Tensor, shape (n_batch,)
+    n_dims : int
+
+    Returns
+    -------
+    share : Tensor, shape (n_batch,)
+    """
+    r = C.shape[2]
+    return r * (n_dims - r) * variance / C.square().sum((1, 2)).clamp_min(
+        torch.finfo(C.dtype).tiny)
+
+
+def noise_variance(Y, Y_r, keep, n_dims):
+    """Noise variance per entry of each window, from what its kept components leave.
+
+    ``‖Y − Y_r‖² / ((n_dims − r)(n_times − r))``: the energy of the dropped
+    components over the dimensions of the noise they hold (white noise in an
+    ``n_dims``-dimensional sensor space, less the ``r`` kept components on
+    either side).
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+    Y_r : Tensor, shape (n_batch, n_sensors, n_times)
+        The kept components' sum (:func:`temporal_components`).
+    keep : Tensor, shape (n_batch, r)
+    n_dims : int
+        Dimension of the sensor space (:meth:`StartNetwork.sensor_dims`).
+
+    Returns
+    -------
+    variance : Tensor, shape (n_batch,)
+    """
+    r = keep.sum(1)
+    dof = ((n_dims - r) * (Y.shape[2] - r)).clamp_min(1)
+    return (Y - Y_r).square().sum((1, 2)) / dof
 
 
 def half_weight_network(network):
@@ -764,9 +850,13 @@ def start_factors(Y, L, network, *, K=None):
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
     if cfg.patch_set is not None and network.patches is not None:
+        noise = None
+        if cfg.noise_margin > 0:
+            n_dims = network.sensor_dims(L)
+            noise = (cfg.noise_margin * noise_variance(Y, Y_r, keep, n_dims), n_dims)
         chosen = select_source_set(F, comps, keep, L, cfg.patch_set,
                                    patches=network.patches, images=network.patch_images(L),
-                                   min_rank=1)
+                                   min_rank=1, noise=noise)
         F = _deflate_changed(chosen, F, comps, keep, L, K, network)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
 
