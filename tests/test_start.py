@@ -408,6 +408,7 @@ def test_patch_set_finds_patches_active_together(fwd_small):
     torch.testing.assert_close(larger.to_dense()[:len(dense)], dense.float())
     with pytest.raises(ValueError, match="patch_orders must be"):
         StartConfig(patch_orders=(3, 1))
+    assert StartConfig(patch_orders=[0, 6]).patch_orders == (0, 6)  # as read from JSON
     L = torch.as_tensor(make_leadfield(fwd_small))
     L = L - L.mean(0)
     n = geo.n_sources

@@ -119,6 +119,7 @@ class StartConfig:
                 raise ValueError(f"{key} must be in (0, 1] or None, got {share!r}")
         if not self.rank_threshold > 0:
             raise ValueError(f"rank_threshold must be positive, got {self.rank_threshold!r}")
+        self.patch_orders = tuple(int(order) for order in self.patch_orders)  # JSON: a list
         first, last = self.patch_orders
         if not 0 <= first <= last:
             raise ValueError(f"patch_orders must be two orders 0 <= first <= last, got "
