@@ -221,20 +221,23 @@ def ring_hops(adjacency, radius, seeds=None):
 PROFILES = ("gaussian", "wide", "flat")
 
 
-def gaussian_profile(dist):
-    """Amplitude ``exp(-0.5 (d / sigma)^2)`` with ``sigma = max(d) / 2``.
+def gaussian_profile(dist, width=0.5):
+    """Amplitude ``exp(-0.5 (d / sigma)^2)`` with ``sigma = width * max(d)``.
 
     Parameters
     ----------
     dist : array, shape (n,)
         Distances to the seed.
+    width : float
+        ``sigma`` relative to the largest distance: 0.5, the simulators'
+        (``exp(-2)`` at the farthest source); 1, the wide profile.
 
     Returns
     -------
     amplitude : array, shape (n,)
-        1 at the seed, ``exp(-2)`` at the farthest source.
+        1 at the seed.
     """
-    sigma = dist.max() / 2.0
+    sigma = width * dist.max()
     if sigma == 0:
         return np.ones_like(dist)
     return np.exp(-0.5 * (dist / sigma) ** 2)
@@ -258,8 +261,7 @@ def patch_profile(dist, kind):
     if kind == "gaussian":
         return gaussian_profile(dist)
     if kind == "wide":
-        sigma = dist.max()
-        return np.ones_like(dist) if sigma == 0 else np.exp(-0.5 * (dist / sigma) ** 2)
+        return gaussian_profile(dist, width=1.0)
     if kind == "flat":
         return np.ones_like(dist)
     raise ValueError(f"profile must be one of {PROFILES}, got {kind!r}")

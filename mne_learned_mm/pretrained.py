@@ -426,7 +426,7 @@ def _start_precision(network, precision):
     return network if half is None else half
 
 
-def source_patches(fwd, config, orders=None):
+def source_patches(fwd, config, orders):
     """The patches that a model's start chooses among, on the sources of ``fwd``.
 
     Patches of its training bank's profiles (:func:`~mne_learned_mm._forward.patch_atoms`
@@ -441,9 +441,8 @@ def source_patches(fwd, config, orders=None):
         Fixed-orientation forward on the model's sources, in its order.
     config : dict
         The model's configuration (:func:`load_model`).
-    orders : tuple of int | None
-        First and last order; None: the configuration's ``start.patch_orders``, else
-        :class:`~mne_learned_mm.solver.start.StartConfig`'s default.
+    orders : tuple of int
+        First and last order (``StartConfig.patch_orders``).
 
     Returns
     -------
@@ -453,11 +452,8 @@ def source_patches(fwd, config, orders=None):
     import numpy as np
 
     from ._forward import patch_atoms, source_adjacency
-    from .solver.start import StartConfig
 
     recipe = config.get("recipe") or {}
-    if orders is None:
-        orders = (config.get("start") or {}).get("patch_orders", StartConfig.patch_orders)
     atoms = patch_atoms(fwd["source_rr"], source_adjacency(fwd["src"]), tuple(orders),
                         tuple(recipe.get("profiles", ("gaussian", "wide"))))[0].tocoo()
     return torch.sparse_coo_tensor(np.vstack([atoms.row, atoms.col]), atoms.data,

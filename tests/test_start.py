@@ -400,10 +400,10 @@ def test_patch_set_finds_patches_active_together(fwd_small):
     """Two noise-free patches of the dictionary, mixed in both components: the patch set
     finds them exactly, X0 = X; without patches (or with patch_set=None) it does not."""
     geo = SourceGeometry.from_forward(fwd_small)
-    config = {"start": {"patch_orders": [0, 3]}, "recipe": {"profiles": ["gaussian", "wide"]}}
-    patches = source_patches(fwd_small, config).double()
+    config = {"recipe": {"profiles": ["gaussian", "wide"]}}
+    patches = source_patches(fwd_small, config, (0, 3)).double()
     dense = patches.to_dense()
-    larger = source_patches(fwd_small, {"recipe": config["recipe"]})  # StartConfig's 0-7
+    larger = source_patches(fwd_small, config, StartConfig().patch_orders)  # 0-7
     assert larger.shape[0] == geo.n_sources * (1 + 2 * 7)
     torch.testing.assert_close(larger.to_dense()[:len(dense)], dense.float())
     with pytest.raises(ValueError, match="patch_orders must be"):
