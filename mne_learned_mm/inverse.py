@@ -282,7 +282,8 @@ class LearnedMMInverse:
         self.solver_, self.config_ = solver, config
         self.fwd_ = _restrict_to_model(fwd_fixed, self.config_)
         start = solver.start_network
-        if start is not None and start.config.patch_set is not None:
+        if start is not None and (start.config.patch_set, start.config.patch_pursuit) != (
+                None, None):
             start.patches = source_patches(self.fwd_, config,
                                            start.config.patch_orders).to(device)
         self.noise_cov_ = noise_cov

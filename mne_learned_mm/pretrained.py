@@ -358,7 +358,8 @@ def load_model(name_or_path=DEFAULT_MODEL, *, device="cpu", n_iter=None, bound=N
         Override inference settings of the amortized start
         (:class:`~mne_learned_mm.solver.start.StartConfig`'s ``max_rank``,
         ``residual_passes``, ``rotation``, ``single_source``, ``rank_threshold``,
-        ``source_set``, ``patch_set``, ``noise_margin``, ``patch_orders``).
+        ``source_set``, ``patch_set``, ``noise_margin``, ``patch_orders``,
+        ``patch_pursuit``).
     precision : "auto" | "float32" | "float16"
         Storage of the start network's weights. ``"float16"``: float16
         weights in float32 arithmetic
@@ -465,6 +466,10 @@ def _share_or_none(value):
     return None if value in (None, "none") else float(value)
 
 
+def _count_or_none(value):
+    return None if value in (None, "none") else int(value)
+
+
 def _orders(value):
     """``(first, last)`` from a pair or from ``"first-last"``."""
     return tuple(int(v) for v in (value.split("-") if isinstance(value, str) else value))
@@ -474,7 +479,8 @@ def _orders(value):
 START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
                    "single_source": _share_or_none, "rank_threshold": float,
                    "source_set": _share_or_none, "patch_set": _share_or_none,
-                   "noise_margin": float, "patch_orders": _orders}
+                   "noise_margin": float, "patch_orders": _orders,
+                   "patch_pursuit": _count_or_none}
 
 
 def _build_start(config, state, overrides=None):

@@ -23,7 +23,9 @@ from mne_learned_mm.solver.start import (
     half_weight_network,
     noise_share,
     noise_variance,
+    patch_pursuit,
     peak_loss,
+    pursue_patches,
     rap_music,
     rotate_components,
     select_single_source,
@@ -326,6 +328,9 @@ def test_noise_variance_and_share_match_white_noise(sources):
     ratio = unexplained_share(C, L[:, sources][None]) / noise_share(C, variance, n_dims)
     assert 0.9 < float(ratio.median()) < 1.3
     assert float(noise_share(C, variance, n_dims).median()) > 0.01  # noise matters here
+    more = L[:, sources + [44]][None]  # one image more: the noise loses one more dimension
+    ratio = unexplained_share(C, more) / noise_share(C, variance, n_dims, len(sources) + 1)
+    assert 0.9 < float(ratio.median()) < 1.3
 
 
 def test_patch_set_bar_leaves_the_noise_out():
@@ -352,6 +357,82 @@ def test_patch_set_bar_leaves_the_noise_out():
                                                  noise=noise), F)
     with pytest.raises(ValueError, match="noise_margin must be"):
         StartConfig(noise_margin=-1.0)
+
+
+def test_patch_pursuit_finds_the_best_pair():
+    """Started from every column, the pursuit's pair is the best of all pairs (the greedy
+    partner of each column is its best one); its re-picks never leave more than the
+    greedy picks; it finds two columns in one component, which RAP-MUSIC cannot."""
+    gen = torch.Generator().manual_seed(5)
+    D = torch.randn(12, 25, generator=gen, dtype=torch.float64)
+    C = (D[:, [3, 17]] @ torch.tensor([[1.0], [0.5]], dtype=torch.float64))[None]
+    C = C + 0.05 * torch.randn(1, 12, 1, generator=gen, dtype=torch.float64)
+    pairs = [(i, j) for i in range(25) for j in range(i + 1, 25)]
+    res = torch.stack([unexplained_share(C, D[:, list(q)][None]) for q in pairs])[:, 0]
+    best = pairs[int(res.argmin())]
+    assert set(best) == {3, 17}
+    Q = patch_pursuit(C, D, 2, n_starts=25, n_pool=25)
+    assert sorted(Q[0].tolist()) == list(best)
+    Cs = torch.randn(40, 12, 2, generator=gen, dtype=torch.float64)
+    for n_found in (2, 3):
+        greedy = patch_pursuit(Cs, D, n_found, n_starts=1, n_sweeps=0)
+        swept = patch_pursuit(Cs, D, n_found, n_starts=1)
+        assert bool((swept.sort(1).values.diff(1) > 0).all())  # distinct columns
+        fit = [unexplained_share(Cs, D.T[q].transpose(1, 2)) for q in (greedy, swept)]
+        assert bool((fit[1] <= fit[0] + 1e-12).all()) and bool((fit[1] < fit[0]).any())
+    assert rap_music(C, D, 1).shape == (1, 1)  # one component: one source at most
+    assert patch_pursuit(C, D, 1)[0].tolist() == [int(
+        (D.T @ C[0, :, 0]).square().div(D.square().sum(0)).argmax())]
+
+
+def test_pursuit_takes_patches_sharing_a_component(fwd_small):
+    """Two dictionary patches with the same time course make one component: neither the
+    network nor the patch set (one patch for one component) can take them, the pursuit
+    does, X0 on their sources alone; X0(−Y) = −X0(Y); pure noise is never taken."""
+    geo = SourceGeometry.from_forward(fwd_small)
+    config = {"recipe": {"profiles": ["gaussian", "wide"]}}
+    patches = source_patches(fwd_small, config, (0, 3)).double()
+    dense = patches.to_dense()
+    L = torch.as_tensor(make_leadfield(fwd_small))
+    L = L - L.mean(0)
+    n = geo.n_sources
+    which = [n + 270, n + 193]  # two order-1 patches, one in each hemisphere
+    t = torch.linspace(0, 1, 60, dtype=torch.float64)
+    wave = torch.exp(-((t - 0.5) / 0.15) ** 2)
+    X = dense[which].T @ torch.tensor([[1.0], [0.4]], dtype=torch.float64) @ wave[None]
+    gen = torch.Generator().manual_seed(6)
+    clean = L @ X
+    Y = clean + 0.02 * clean.std() * torch.randn(4, *clean.shape, generator=gen,
+                                                 dtype=torch.float64)
+    Y = Y - Y.mean(1, keepdim=True)
+    torch.manual_seed(0)
+    net = StartNetwork(n, StartConfig(hidden=16, depth=1, residual_passes=0)).double()
+    net.patches = patches
+    support = set(torch.nonzero(X.abs().amax(1)).flatten().tolist())
+    X0 = amortized_start(Y, L, net)
+    for x in X0:
+        assert set(torch.nonzero(x.abs().amax(1) > 1e-9).flatten().tolist()) == support
+    torch.testing.assert_close(X0 / X0.norm(dim=(1, 2), keepdim=True),
+                               (X / X.norm())[None].expand_as(X0), atol=0.02, rtol=0)
+    torch.testing.assert_close(amortized_start(-Y, L, net), -X0)
+    net.config.patch_pursuit = None
+    for x in amortized_start(Y, L, net):
+        assert set(torch.nonzero(x.abs().amax(1) > 1e-9).flatten().tolist()) != support
+    # pure noise: the kept components are noise, no patches explain them within its share
+    noise = torch.randn(20, L.shape[0], 60, generator=gen, dtype=torch.float64)
+    noise = noise - noise.mean(1, keepdim=True)
+    comps, Vh, keep = temporal_components(noise, 4, threshold=0.5)
+    assert bool((keep.sum(1) > 0).all())
+    n_dims = net.sensor_dims(L)
+    F = torch.randn(20, n, 4, generator=gen, dtype=torch.float64) * keep[:, None]
+    out = pursue_patches(F, comps, keep, L, patches, (net.patch_images(L), net.image_norms(L)),
+                         (noise_variance(noise, comps @ Vh, keep, n_dims), n_dims),
+                         free=torch.ones(20, dtype=torch.bool), extra=1, margin=1.5)
+    torch.testing.assert_close(out, F)
+    for bad in ({"patch_pursuit": -1}, {"patch_pursuit": 1, "noise_margin": 0.0}):
+        with pytest.raises(ValueError, match="patch_pursuit must be"):
+            StartConfig(**bad)
+    assert StartConfig(patch_pursuit=None, noise_margin=0.0).patch_pursuit is None
 
 
 def test_amortized_start_finds_sources_active_together(fwd_small):
@@ -450,7 +531,7 @@ def test_load_model_start_overrides(fwd_default):
         load_model(n_iter=0, start={"rotation": "oblique"})
     with pytest.raises(ValueError, match="max_rank, residual_passes, rotation, single_source, "
                                          "rank_threshold, source_set, patch_set, "
-                                         "noise_margin"):
+                                         "noise_margin, patch_orders, patch_pursuit"):
         load_model(n_iter=0, start={"hidden": 8})
     plain, _ = load_model(n_iter=0, start={"single_source": "none"})
     assert plain.start_network.config.single_source is None
@@ -458,7 +539,9 @@ def test_load_model_start_overrides(fwd_default):
     assert pipe.start_network.config.source_set == 0.98
     assert pipe.start_network.config.patch_set == 0.995 and pipe.start_network.patches is None
     assert pipe.start_network.config.noise_margin == 1.5
-    fixed, _ = load_model(n_iter=0, start={"noise_margin": "0"})
+    fixed, _ = load_model(n_iter=0, start={"noise_margin": "0", "patch_pursuit": "none"})
+    assert fixed.start_network.config.patch_pursuit is None
+    assert pipe.start_network.config.patch_pursuit == 1
     assert fixed.start_network.config.noise_margin == 0.0
     assert pipe.start_network.config.patch_orders == (0, 7)
     bank_only, _ = load_model(n_iter=0, start={"patch_orders": "0-5"})

@@ -15,7 +15,9 @@ courses of the resulting patterns by least squares. Where one source
 (:func:`select_single_source`), or as many single sources or patches of the
 training bank's profiles as the window has components (:func:`select_source_set`,
 :func:`rap_music`), explain the data better than the network's patterns, by
-nested-model tests, they replace them.
+nested-model tests, they replace them. Where neither does, a patch pursuit
+(:func:`pursue_patches`, :func:`patch_pursuit`) may fit one patch more than the
+window has components, for patches whose time courses are nearly proportional.
 
 Sign equivariance is exact: the network sees its input with the sign that
 makes its largest-magnitude entry positive and returns its output with the
@@ -94,6 +96,17 @@ class StartConfig:
         at a low one it leaves the noise out. 1: the share that white noise of
         the variance left beside the kept components (:func:`noise_variance`)
         puts there; 0: a fixed bar. Inference only.
+    patch_pursuit : int | None
+        Patches beyond a window's rank that the patch pursuit may fit
+        (:func:`pursue_patches`): in windows that the network keeps (neither
+        set above took them), ``r`` to ``r + patch_pursuit`` patches found by
+        :func:`patch_pursuit` replace the patterns where they fit the kept
+        components as well as the noise allows (``noise_margin`` times its
+        share), better than the patterns, and no other set found fits as well
+        with a patch elsewhere; the number of patches is chosen by a penalised
+        fit. Two patches whose time courses are nearly proportional make one
+        component, which no one pattern and no ``r`` patches explain.
+        Inference only, with the patches set. ``None``: never.
     """
 
     hidden: int = 1024
@@ -109,6 +122,7 @@ class StartConfig:
     patch_set: float | None = 0.995
     patch_orders: tuple = (0, 7)
     noise_margin: float = 1.5
+    patch_pursuit: int | None = 1
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
@@ -126,6 +140,10 @@ class StartConfig:
                              f"{self.patch_orders!r}")
         if not self.noise_margin >= 0:
             raise ValueError(f"noise_margin must be >= 0, got {self.noise_margin!r}")
+        if self.patch_pursuit is not None and not (
+                int(self.patch_pursuit) == self.patch_pursuit >= 0 and self.noise_margin > 0):
+            raise ValueError(f"patch_pursuit must be None or an integer >= 0 (with "
+                             f"noise_margin > 0), got {self.patch_pursuit!r}")
 
 
 class StartNetwork(nn.Module):
@@ -172,12 +190,17 @@ class StartNetwork(nn.Module):
         the reference and the projectors), kept as :meth:`patch_images` is."""
         return self._leadfield_cache(L)[2]
 
+    def image_norms(self, L):
+        """Squared norms of :meth:`patch_images`, shape (n_patches,), kept as they are."""
+        return self._leadfield_cache(L)[3]
+
     def _leadfield_cache(self, L):
         cached = self._of_leadfield
         if cached is None or not same_tensor(cached[0], L):
             patches = self.patches.to(device=L.device, dtype=L.dtype)
-            cached = self._of_leadfield = (L, torch.sparse.mm(patches, L.T).T.contiguous(),
-                                           int(torch.linalg.matrix_rank(L)))
+            images = torch.sparse.mm(patches, L.T).T.contiguous()
+            cached = self._of_leadfield = (L, images, int(torch.linalg.matrix_rank(L)),
+                                           images.square().sum(0))
         return cached
 
     def net(self, z):
@@ -484,26 +507,29 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
     return out
 
 
-def noise_share(C, variance, n_dims):
-    """Share of ``‖C‖²`` that white noise puts off the span of ``r`` sources fitted to it.
+def noise_share(C, variance, n_dims, n_fitted=None):
+    """Share of ``‖C‖²`` that white noise puts off the span of ``k`` sources fitted to it.
 
     Each of the ``r`` components ``C = Y V`` of a window carries the noise of
     ``Y`` along its unit time course: ``variance`` per dimension of the
-    ``n_dims``-dimensional sensor space, of which ``n_dims − r`` lie off the
-    span of ``r`` fitted images. So ``r (n_dims − r) σ² / ‖C‖²``.
+    ``n_dims``-dimensional sensor space, of which ``n_dims − k`` lie off the
+    span of ``k`` fitted images. So ``r (n_dims − k) σ² / ‖C‖²``.
 
     Parameters
     ----------
     C : Tensor, shape (n_batch, n_sensors, r)
     variance : Tensor, shape (n_batch,)
     n_dims : int
+    n_fitted : int | None
+        ``k``, the images fitted; None: ``r``.
 
     Returns
     -------
     share : Tensor, shape (n_batch,)
     """
     r = C.shape[2]
-    return r * (n_dims - r) * variance / C.square().sum((1, 2)).clamp_min(
+    k = r if n_fitted is None else n_fitted
+    return r * (n_dims - k) * variance / C.square().sum((1, 2)).clamp_min(
         torch.finfo(C.dtype).tiny)
 
 
@@ -531,6 +557,216 @@ def noise_variance(Y, Y_r, keep, n_dims):
     r = keep.sum(1)
     dof = ((n_dims - r) * (Y.shape[2] - r)).clamp_min(1)
     return (Y - Y_r).square().sum((1, 2)) / dof
+
+
+def patch_pursuit(C, D, n_found, n_starts=8, n_sweeps=2, n_pool=128, norms=None,
+                  alternatives=False):
+    """Columns of ``D`` whose span fits each ``C`` best: greedy picks, then cyclic re-picks.
+
+    Each pick is the column that most reduces ``C``'s residual off the span of
+    the others (an orthogonal matching pursuit step, :func:`_column_scores`):
+    first one at a time, then each in turn given the rest, ``n_sweeps``
+    times (alternating least squares over the dictionary; the residual never
+    grows). The search starts from each of the ``n_starts`` columns that fit
+    ``C`` best alone and keeps the best fit: with two patches mixed in one
+    component, the best single column often lies between them. The greedy
+    picks look at every column; the re-picks look at the ``n_pool`` best of
+    each of those looks. Unlike :func:`rap_music` it finds more columns than
+    ``C`` has: patches whose time courses are nearly proportional share a
+    component.
+
+    Parameters
+    ----------
+    C : Tensor, shape (n_batch, n_sensors, r)
+    D : Tensor, shape (n_sensors, n_columns)
+        The candidates' sensor images (:meth:`StartNetwork.patch_images`).
+    n_found : int
+        Columns to find, at most ``n_sensors``.
+    n_starts, n_sweeps, n_pool : int
+        Columns to start from, rounds of re-picks, and the columns each look
+        adds to the re-picks' pool.
+    norms : Tensor, shape (n_columns,) | None
+        ``D``'s squared column norms, if known.
+    alternatives : bool
+        Return every start's columns and their fit instead of the best.
+
+    Returns
+    -------
+    columns : Tensor of int64, shape (n_batch, n_found)
+        Or, with ``alternatives``, shape (n_batch, n_starts, n_found), and the
+        share of each ``C`` that each leaves, shape (n_batch, n_starts).
+    """
+    B, Dt = C.shape[0], D.T[None]
+    norms = D.square().sum(0) if norms is None else norms
+    first = _column_scores(C, Dt, None, norms)
+    n_starts, n_pool = min(n_starts, D.shape[1]), min(n_pool, D.shape[1])
+    starts = first.topk(max(n_starts, n_pool), 1).indices
+    if n_found == 1:  # the best single column
+        return starts[:, :1]
+    S = n_starts
+    Cs = C.repeat_interleave(S, 0)
+    Q = starts[:, :S].reshape(-1, 1)
+    looks = [starts[:, :n_pool].repeat_interleave(S, 0)]
+    while Q.shape[1] < n_found:
+        score = _column_scores(Cs, Dt, Q, norms)
+        best = score.topk(n_pool if n_sweeps else 1, 1).indices
+        looks.append(best)
+        Q = torch.cat([Q, best[:, :1]], 1)
+    if n_sweeps:  # re-picks among the columns the looks rated best
+        pool = torch.cat([Q] + looks, 1)  # (B S, p): positions 0..k-1 are Q
+        Dp, pool_norms = D.T[pool], norms[pool]
+        local = torch.arange(n_found, device=C.device).expand(len(Q), -1)
+        for _ in range(n_sweeps):
+            for j in range(n_found):
+                local = local.clone()
+                rest = torch.cat([local[:, :j], local[:, j + 1:]], 1)
+                score = _column_scores(Cs, Dp, rest, pool_norms)
+                taken = (pool[:, :, None] == pool.gather(1, rest)[:, None]).any(2)
+                local[:, j] = score.masked_fill(taken, -1.0).argmax(1)
+        Q = pool.gather(1, local)
+    res = unexplained_share(Cs, D.T[Q].transpose(1, 2)).reshape(B, S)
+    if alternatives:
+        return Q.reshape(B, S, n_found), res
+    return Q[res.argmin(1) + S * torch.arange(B, device=C.device)]
+
+
+def _column_scores(C, Dt, Q, norms):
+    """How much of each ``C`` (n_batch, n, r) each column of ``Dt`` (n_batch or 1,
+    n_columns, n; squared norms ``norms``) would explain beside the columns ``Q``
+    (n_batch, m) | None: ``‖Rᵀ d‖² / ‖P d‖²``, with ``R`` and ``P d`` off the span of
+    those; the columns in ``Q`` score −1. Shape (n_batch, n_columns)."""
+    def times(A):  # Aᵀ Dtᵀ, (b, k, n_columns); one matrix product where Dt is shared
+        if Dt.shape[0] > 1:
+            return A.transpose(1, 2) @ Dt.transpose(1, 2)
+        return _times_leadfield(A.transpose(1, 2), Dt[0].T)
+
+    if Q is None or Q.shape[1] == 0:
+        return times(C).square().sum(1) / norms
+    G = Dt.expand(C.shape[0], -1, -1).gather(1, Q[..., None].expand(-1, -1, Dt.shape[2]))
+    W = torch.linalg.qr(G.transpose(1, 2))[0]  # (b, n, m), orthonormal
+    R = C - W @ (W.transpose(1, 2) @ C)
+    r = R.shape[2]
+    both = times(torch.cat([R, W], 2)).square()
+    off = (norms - both[:, r:].sum(1)).clamp_min(torch.finfo(C.dtype).eps * norms)
+    return (both[:, :r].sum(1) / off).scatter(1, Q, -1.0)
+
+
+def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margin,
+                   penalty=4.0, ambiguity=30.0, screen=5.0, max_patches=4):
+    """Replace the network's patterns by ``r`` to ``r + extra`` patches where these fit.
+
+    In each ``free`` window of ``r`` kept components ``C``, :func:`patch_pursuit`
+    finds ``k`` patches for each ``k`` from ``r`` to ``r + extra`` (at most
+    ``max_patches`` and the slots of ``F``; the full search only where its greedy
+    start leaves less than ``screen`` times the bar below), and ``k`` minimises the residual
+    ``‖C − G_Q B‖²`` plus ``penalty · ln(n_patches) σ²`` per patch: 2 is the
+    risk inflation criterion (Foster & George 1994), about the most that noise
+    alone lets the best of ``n_patches`` candidates explain; the default 4
+    asks twice that of each patch. The patches replace the patterns where they
+    leave at most ``margin`` times the noise's share off ``k`` images
+    (:func:`noise_share`), no more than the patterns' images ``L F`` do, and
+    the set is the only one the search found within ``ambiguity · σ²`` of its
+    fit (another start's set that puts a patch elsewhere makes the window
+    ambiguous, and the network keeps it). Depends on ``C``'s span only, so
+    ``F`` stays even in the data.
+
+    Parameters
+    ----------
+    F, comps, keep, L
+        As in :func:`select_source_set`.
+    patches : Tensor, shape (n_patches, n_sources)
+        Sparse patch profiles.
+    images : tuple of Tensor
+        ``L`` times each patch, shape (n_sensors, n_patches), and their
+        squared norms, shape (n_patches,) (:meth:`StartNetwork.patch_images`,
+        :meth:`StartNetwork.image_norms`).
+    noise : tuple of (Tensor, int)
+        Noise variance per entry, shape (n_batch,), and the sensor space's
+        dimension (:func:`noise_variance`).
+    free : Tensor of bool, shape (n_batch,)
+        Windows the choice may change.
+    extra : int
+        Patches beyond the rank.
+    margin : float
+        Multiplies the noise's share.
+    penalty : float
+        Multiplies ``ln(n_patches) σ²``, the price of each patch.
+    ambiguity : float
+        Multiplies ``σ²``: how much more a rival set may leave.
+    screen : float
+        Multiplies the bar for the greedy search's fit, below which the full
+        search runs.
+    max_patches : int
+        Most patches fitted; windows of a higher rank are left as they are (the
+        search's cost grows with ``k``).
+
+    Returns
+    -------
+    F : Tensor, shape (n_batch, n_sources, r_max)
+        The chosen patches in a window's first ``k`` slots, zero after.
+    """
+    variance, n_dims = noise
+    rank = keep.sum(1).long()
+    images, norms = images
+    penalty = penalty * torch.log(torch.tensor(float(images.shape[1])))
+    out = F
+    for r in torch.unique(rank[free]).tolist():
+        sel = torch.nonzero(free & (rank == r)).squeeze(1)
+        if not 1 <= r <= max_patches or len(sel) == 0:
+            continue
+        C, var = comps[sel, :, :r], variance[sel]
+        energy = C.square().sum((1, 2)).clamp_min(torch.finfo(C.dtype).tiny)
+        LF = _times_leadfield(F[sel, :, :r].transpose(1, 2), L.T).transpose(1, 2)
+        scores, shares, found = [], [], []
+        for k in range(r, min(r + extra, F.shape[2], max_patches) + 1):
+            bar = margin * noise_share(C, var, n_dims, k)
+            Q, res = _search_patches(C, images, norms, k, screen * bar, ambiguity * var / energy)
+            scores.append(res + penalty * k * var / energy)
+            shares.append(res / bar)
+            found.append((Q, res))
+        k = torch.stack(scores).argmin(0)  # index into found: k - r
+        res = torch.stack([f[1] for f in found]).gather(0, k[None])[0]
+        fits = torch.stack(shares).gather(0, k[None])[0] <= 1
+        use = fits & (res <= unexplained_share(C, LF))
+        if bool(use.any()):
+            out = out.clone() if out is F else out
+            for w, j in zip(sel[use].tolist(), k[use].tolist()):
+                cols = found[j][0][(sel == w).nonzero()[0, 0]]
+                out[w] = 0
+                out[w, :, :len(cols)] = patches.index_select(0, cols).to_dense().to(F.dtype).T
+    return out
+
+
+def _search_patches(C, images, norms, k, near, tolerance):
+    """``k`` patches for each ``C`` and the share they leave (:func:`pursue_patches`).
+
+    The greedy picks first; :func:`patch_pursuit` from several starts where these
+    leave less than ``near``. A window whose best set is not the only one, that is,
+    where another start's set leaves at most ``tolerance`` more and puts a patch
+    elsewhere (a tenth of its image off the best set's span), leaves ``inf``.
+    """
+    Q = patch_pursuit(C, images, k, n_starts=1, n_sweeps=0, norms=norms)
+    res = unexplained_share(C, images.T[Q].transpose(1, 2))
+    near = res <= near
+    if k == 1 or not bool(near.any()):
+        return Q, res
+    Qs, fits = patch_pursuit(C[near], images, k, norms=norms, alternatives=True)
+    best = fits.argmin(1)
+    rows = torch.arange(len(best), device=C.device)
+    Q, res = Q.clone(), res.clone()
+    Q[near], res[near] = Qs[rows, best], fits[rows, best]
+    W = torch.linalg.qr(images.T[Q[near]].transpose(1, 2))[0]  # (b, n, k)
+    G = images.T[Qs]  # (b, S, k, n)
+    off = 1 - (G @ W[:, None]).square().sum(3) / G.square().sum(3).clamp_min(
+        torch.finfo(G.dtype).tiny)
+    rival = (off.amax(2) > 0.1) & (fits <= res[near, None] + tolerance[near, None])
+    res[near] = res[near].masked_fill(rival.any(1), float("inf"))
+    return Q, res
+
+
+def _unchanged(F, before):
+    """Windows whose patterns a choice left as they were, shape (n_batch,)."""
+    return ~(F != before).flatten(1).any(1)
 
 
 def half_weight_network(network):
@@ -850,14 +1086,20 @@ def start_factors(Y, L, network, *, K=None):
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
-    if cfg.patch_set is not None and network.patches is not None:
-        noise = None
-        if cfg.noise_margin > 0:
-            n_dims = network.sensor_dims(L)
-            noise = (cfg.noise_margin * noise_variance(Y, Y_r, keep, n_dims), n_dims)
-        chosen = select_source_set(F, comps, keep, L, cfg.patch_set,
-                                   patches=network.patches, images=network.patch_images(L),
-                                   min_rank=1, noise=noise)
+    if network.patches is not None and (cfg.patch_set, cfg.patch_pursuit) != (None, None):
+        n_dims, images = network.sensor_dims(L), network.patch_images(L)
+        variance = noise_variance(Y, Y_r, keep, n_dims) if cfg.noise_margin > 0 else None
+        chosen = F
+        if cfg.patch_set is not None:
+            noise = None if variance is None else (cfg.noise_margin * variance, n_dims)
+            chosen = select_source_set(F, comps, keep, L, cfg.patch_set,
+                                       patches=network.patches, images=images,
+                                       min_rank=1, noise=noise)
+        if cfg.patch_pursuit is not None:
+            chosen = pursue_patches(chosen, comps, keep, L, network.patches,
+                                    (images, network.image_norms(L)), (variance, n_dims),
+                                    free=_unchanged(chosen, F), extra=cfg.patch_pursuit,
+                                    margin=cfg.noise_margin)
         F = _deflate_changed(chosen, F, comps, keep, L, K, network)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
 
