@@ -1084,6 +1084,7 @@ def start_factors(Y, L, network, *, K=None):
     F = torch.zeros(B * r, L.shape[1], dtype=Y.dtype, device=Y.device).index_copy(
         0, kept, network.patterns(topo, L, K))
     F = F.reshape(B, r, -1).transpose(1, 2)  # (B, s, r), zero for dropped components
+    network_F = F
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
     if network.patches is not None and (cfg.patch_set, cfg.patch_pursuit) != (None, None):
@@ -1098,7 +1099,8 @@ def start_factors(Y, L, network, *, K=None):
         if cfg.patch_pursuit is not None:
             chosen = pursue_patches(chosen, comps, keep, L, network.patches,
                                     (images, network.image_norms(L)), (variance, n_dims),
-                                    free=_unchanged(chosen, F), extra=cfg.patch_pursuit,
+                                    free=_unchanged(chosen, network_F),
+                                    extra=cfg.patch_pursuit,
                                     margin=cfg.noise_margin)
         F = _deflate_changed(chosen, F, comps, keep, L, K, network)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
