@@ -100,13 +100,13 @@ class StartConfig:
         Patches beyond a window's rank that the patch pursuit may fit
         (:func:`pursue_patches`): in windows that the network keeps (neither
         set above took them), ``r`` to ``r + patch_pursuit`` patches found by
-        :func:`patch_pursuit` replace the patterns where they fit the kept
-        components as well as the noise allows (``noise_margin`` times its
-        share), better than the patterns, and no other set found fits as well
-        with a patch elsewhere; the number of patches is chosen by a penalised
-        fit. Two patches whose time courses are nearly proportional make one
-        component, which no one pattern and no ``r`` patches explain.
-        Inference only, with the patches set. ``None``: never.
+        :func:`patch_pursuit` are fitted beside the network's patterns where
+        they fit the kept components as well as the noise allows
+        (``noise_margin`` times its share) and better than the patterns; the
+        number of patches is chosen by a penalised fit. Two patches whose time
+        courses are nearly proportional make one component, which no one
+        pattern and no ``r`` patches explain. Inference only, with the patches
+        set. ``None``: never.
     """
 
     hidden: int = 1024
@@ -559,8 +559,7 @@ def noise_variance(Y, Y_r, keep, n_dims):
     return (Y - Y_r).square().sum((1, 2)) / dof
 
 
-def patch_pursuit(C, D, n_found, n_starts=8, n_sweeps=2, n_pool=128, norms=None,
-                  alternatives=False):
+def patch_pursuit(C, D, n_found, n_starts=8, n_sweeps=2, n_pool=128, norms=None):
     """Columns of ``D`` whose span fits each ``C`` best: greedy picks, then cyclic re-picks.
 
     Each pick is the column that most reduces ``C``'s residual off the span of
@@ -587,14 +586,10 @@ def patch_pursuit(C, D, n_found, n_starts=8, n_sweeps=2, n_pool=128, norms=None,
         adds to the re-picks' pool.
     norms : Tensor, shape (n_columns,) | None
         ``D``'s squared column norms, if known.
-    alternatives : bool
-        Return every start's columns and their fit instead of the best.
 
     Returns
     -------
     columns : Tensor of int64, shape (n_batch, n_found)
-        Or, with ``alternatives``, shape (n_batch, n_starts, n_found), and the
-        share of each ``C`` that each leaves, shape (n_batch, n_starts).
     """
     B, Dt = C.shape[0], D.T[None]
     norms = D.square().sum(0) if norms is None else norms
@@ -625,8 +620,6 @@ def patch_pursuit(C, D, n_found, n_starts=8, n_sweeps=2, n_pool=128, norms=None,
                 local[:, j] = score.masked_fill(taken, -1.0).argmax(1)
         Q = pool.gather(1, local)
     res = unexplained_share(Cs, D.T[Q].transpose(1, 2)).reshape(B, S)
-    if alternatives:
-        return Q.reshape(B, S, n_found), res
     return Q[res.argmin(1) + S * torch.arange(B, device=C.device)]
 
 
@@ -652,23 +645,22 @@ def _column_scores(C, Dt, Q, norms):
 
 
 def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margin,
-                   penalty=4.0, ambiguity=30.0, screen=5.0, max_patches=4):
-    """Replace the network's patterns by ``r`` to ``r + extra`` patches where these fit.
+                   penalty=2.0, screen=5.0, max_patches=4):
+    """Fit ``r`` to ``r + extra`` patches beside the network's patterns where they fit.
 
     In each ``free`` window of ``r`` kept components ``C``, :func:`patch_pursuit`
     finds ``k`` patches for each ``k`` from ``r`` to ``r + extra`` (at most
-    ``max_patches`` and the slots of ``F``; the full search only where its greedy
-    start leaves less than ``screen`` times the bar below), and ``k`` minimises the residual
-    ``‖C − G_Q B‖²`` plus ``penalty · ln(n_patches) σ²`` per patch: 2 is the
-    risk inflation criterion (Foster & George 1994), about the most that noise
-    alone lets the best of ``n_patches`` candidates explain; the default 4
-    asks twice that of each patch. The patches replace the patterns where they
-    leave at most ``margin`` times the noise's share off ``k`` images
-    (:func:`noise_share`), no more than the patterns' images ``L F`` do, and
-    the set is the only one the search found within ``ambiguity · σ²`` of its
-    fit (another start's set that puts a patch elsewhere makes the window
-    ambiguous, and the network keeps it). Depends on ``C``'s span only, so
-    ``F`` stays even in the data.
+    ``max_patches`` and the slots of ``F``; the full search only where its
+    greedy start leaves less than ``screen`` times the bar below), and ``k``
+    minimises the residual ``‖C − G_Q B‖²`` plus ``penalty · ln(n_patches)
+    σ²`` per patch: 2 is the risk inflation criterion (Foster & George 1994),
+    about the most that noise alone lets the best of ``n_patches`` candidates
+    explain. The patches are taken where they leave at most ``margin`` times
+    the noise's share off ``k`` images (:func:`noise_share`) and no more than
+    the patterns' images ``L F`` do; each component then becomes its
+    least-squares fit by the patches and the network's patterns together.
+    The choice depends on ``C``'s span and ``L F``'s only, and ``X0 = F A``
+    stays odd in the data.
 
     Parameters
     ----------
@@ -691,8 +683,6 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
         Multiplies the noise's share.
     penalty : float
         Multiplies ``ln(n_patches) σ²``, the price of each patch.
-    ambiguity : float
-        Multiplies ``σ²``: how much more a rival set may leave.
     screen : float
         Multiplies the bar for the greedy search's fit, below which the full
         search runs.
@@ -703,7 +693,11 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
     Returns
     -------
     F : Tensor, shape (n_batch, n_sources, r_max)
-        The chosen patches in a window's first ``k`` slots, zero after.
+        In a window it takes, each component's least-squares fit by the chosen
+        patches and the network's patterns together (zero after the ``r``
+        components): where the patches explain the data the patterns get
+        little weight, and what they add ranks the sources near a patch that
+        is missed or wrongly sized above the rest, as the network did.
     """
     variance, n_dims = noise
     rank = keep.sum(1).long()
@@ -720,7 +714,7 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
         scores, shares, found = [], [], []
         for k in range(r, min(r + extra, F.shape[2], max_patches) + 1):
             bar = margin * noise_share(C, var, n_dims, k)
-            Q, res = _search_patches(C, images, norms, k, screen * bar, ambiguity * var / energy)
+            Q, res = _search_patches(C, images, norms, k, screen * bar)
             scores.append(res + penalty * k * var / energy)
             shares.append(res / bar)
             found.append((Q, res))
@@ -732,36 +726,35 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
             out = out.clone() if out is F else out
             for w, j in zip(sel[use].tolist(), k[use].tolist()):
                 cols = found[j][0][(sel == w).nonzero()[0, 0]]
+                basis = torch.cat([patches.index_select(0, cols).to_dense().to(F.dtype).T,
+                                   F[w, :, :r]], 1)  # (n_sources, k + r)
                 out[w] = 0
-                out[w, :, :len(cols)] = patches.index_select(0, cols).to_dense().to(F.dtype).T
+                out[w, :, :r] = basis @ _joint_fit(L @ basis, comps[w, :, :r])
     return out
 
 
-def _search_patches(C, images, norms, k, near, tolerance):
-    """``k`` patches for each ``C`` and the share they leave (:func:`pursue_patches`).
-
-    The greedy picks first; :func:`patch_pursuit` from several starts where these
-    leave less than ``near``. A window whose best set is not the only one, that is,
-    where another start's set leaves at most ``tolerance`` more and puts a patch
-    elsewhere (a tenth of its image off the best set's span), leaves ``inf``.
-    """
+def _search_patches(C, images, norms, k, near):
+    """``k`` patches for each ``C`` and the share they leave (:func:`pursue_patches`): the
+    greedy picks first, :func:`patch_pursuit` from several starts where these leave less
+    than ``near``."""
     Q = patch_pursuit(C, images, k, n_starts=1, n_sweeps=0, norms=norms)
     res = unexplained_share(C, images.T[Q].transpose(1, 2))
     near = res <= near
     if k == 1 or not bool(near.any()):
         return Q, res
-    Qs, fits = patch_pursuit(C[near], images, k, norms=norms, alternatives=True)
-    best = fits.argmin(1)
-    rows = torch.arange(len(best), device=C.device)
     Q, res = Q.clone(), res.clone()
-    Q[near], res[near] = Qs[rows, best], fits[rows, best]
-    W = torch.linalg.qr(images.T[Q[near]].transpose(1, 2))[0]  # (b, n, k)
-    G = images.T[Qs]  # (b, S, k, n)
-    off = 1 - (G @ W[:, None]).square().sum(3) / G.square().sum(3).clamp_min(
-        torch.finfo(G.dtype).tiny)
-    rival = (off.amax(2) > 0.1) & (fits <= res[near, None] + tolerance[near, None])
-    res[near] = res[near].masked_fill(rival.any(1), float("inf"))
+    Q[near] = patch_pursuit(C[near], images, k, norms=norms)
+    res[near] = unexplained_share(C[near], images.T[Q[near]].transpose(1, 2))
     return Q, res
+
+
+def _joint_fit(G, C):
+    """Least-squares coefficients of ``C`` (n, r) on the columns of ``G`` (n, m), the
+    minimum-norm ones on unit columns (in float64): near-collinear columns share the
+    weight whatever their scale."""
+    scale = G.norm(dim=0).clamp_min(torch.finfo(G.dtype).tiny).double()
+    B = torch.linalg.pinv(G.double() / scale, rtol=1e-6) @ C.double()
+    return (B / scale[:, None]).to(G.dtype)
 
 
 def _unchanged(F, before):
