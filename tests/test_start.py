@@ -406,8 +406,8 @@ def test_joint_fit_is_the_least_squares_fit_whatever_the_scale():
 def test_pursuit_takes_patches_sharing_a_component(fwd_small):
     """Two dictionary patches with the same time course make one component: neither the
     network nor the patch set (one patch for one component) can take them, the pursuit
-    does, X0 on their sources (the network's patterns, fitted beside them, get almost no
-    weight); X0(−Y) = −X0(Y); pure noise is never taken."""
+    does, X0 on their sources (a random network's patterns, unlike them, get the weight of
+    the noise they leave); X0(−Y) = −X0(Y); pure noise is never taken."""
     geo = SourceGeometry.from_forward(fwd_small)
     config = {"recipe": {"profiles": ["gaussian", "wide"]}}
     patches = source_patches(fwd_small, config, (0, 3)).double()
@@ -432,7 +432,7 @@ def test_pursuit_takes_patches_sharing_a_component(fwd_small):
     def on_support(X0):  # share of each estimate's energy on the two patches
         return X0[:, support].square().sum((1, 2)) / X0.square().sum((1, 2))
 
-    X0 = amortized_start(Y, L, net)  # the network's patterns get little weight beside them
+    X0 = amortized_start(Y, L, net)  # a random network's patterns are unlike them
     assert bool((on_support(X0) > 0.999).all())
     torch.testing.assert_close(X0 / X0.norm(dim=(1, 2), keepdim=True),
                                (X / X.norm())[None].expand_as(X0), atol=0.02, rtol=0)

@@ -695,9 +695,11 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
     F : Tensor, shape (n_batch, n_sources, r_max)
         In a window it takes, each component's least-squares fit by the chosen
         patches and the network's patterns together (zero after the ``r``
-        components): where the patches explain the data the patterns get
-        little weight, and what they add ranks the sources near a patch that
-        is missed or wrongly sized above the rest, as the network did.
+        components). A pattern unlike the patches gets the weight of what
+        they leave; one that resembles them shares theirs (the minimum-norm
+        split), so the estimate keeps some of the network's spread, which
+        ranks the sources near a missed or wrongly sized patch above the
+        rest, as the network did.
     """
     variance, n_dims = noise
     rank = keep.sum(1).long()
