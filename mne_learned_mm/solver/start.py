@@ -352,7 +352,7 @@ def select_single_source(x, y, L, min_share, max_pattern_gain=0.3):
     return torch.where(use[:, None], single, x)
 
 
-def rap_music(C, L, n_found):
+def rap_music(C, L, n_found, norms=None):
     """Sources whose leadfield columns span a subspace best, found one at a time.
 
     Recursively applied and projected MUSIC (Mosher & Leahy 1999): the
@@ -371,29 +371,24 @@ def rap_music(C, L, n_found):
         of :meth:`StartNetwork.patch_images`); its columns are the candidates.
     n_found : int
         Sources to find, at most ``r``.
+    norms : Tensor, shape (n_sources,) | None
+        ``L``'s squared column norms, if known.
 
     Returns
     -------
     sources : Tensor of int64, shape (n_batch, n_found)
     """
-    B, n, r = C.shape
-    norms = L.square().sum(0)
-    W = C.new_zeros(B, n, 0)  # orthonormal basis of the found columns
-    WL = C.new_zeros(B, 0, L.shape[1])  # Wᵀ L
-    found = []
+    r = C.shape[2]
+    norms = L.square().sum(0) if norms is None else norms
+    Q = torch.zeros(C.shape[0], 0, dtype=torch.long, device=C.device)
     for j in range(n_found):
-        U = _top_left_singular(C - W @ (W.transpose(1, 2) @ C), r - j)
-        off = (norms - WL.square().sum(1)).clamp_min(torch.finfo(C.dtype).eps * norms)
-        score = _times_leadfield(U.transpose(1, 2), L).square().sum(1) / off
-        for q in found:
-            score.scatter_(1, q[:, None], -1.0)
-        q = score.argmax(1)
-        found.append(q)
-        w = L.T[q] - (W @ WL.gather(2, q[:, None, None].expand(-1, WL.shape[1], 1)))[..., 0]
-        w = w / w.norm(dim=1, keepdim=True)
-        W = torch.cat([W, w[..., None]], 2)
-        WL = torch.cat([WL, (w @ L)[:, None]], 1)
-    return torch.stack(found, 1)
+        R = C
+        if j:  # off the span of the columns found so far
+            W = torch.linalg.qr(L.T[Q].transpose(1, 2))[0]
+            R = C - W @ (W.transpose(1, 2) @ C)
+        U = _top_left_singular(R, r - j)
+        Q = torch.cat([Q, _column_scores(U, L.T[None], Q, norms).argmax(1)[:, None]], 1)
+    return Q
 
 
 def _times_leadfield(A, L):
@@ -465,8 +460,10 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
     %(L_min_share)s
     patches : Tensor, shape (n_patches, n_sources) | None
         Sparse patch profiles to choose among; None: single sources.
-    images : Tensor, shape (n_sensors, n_patches) | None
-        ``L`` times each patch (:meth:`StartNetwork.patch_images`), with ``patches``.
+    images : tuple of Tensor | None
+        With ``patches``: ``L`` times each patch, shape (n_sensors, n_patches),
+        and their squared norms, shape (n_patches,)
+        (:meth:`StartNetwork.patch_images`, :meth:`StartNetwork.image_norms`).
     min_rank : int
         Fewest components of a window that the choice looks at.
     noise : tuple of (Tensor, int) | None
@@ -477,7 +474,7 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
     -------
     F : Tensor, shape (n_batch, n_sources, r)
     """
-    D = L if patches is None else images
+    D, norms = (L, None) if patches is None else images
     out = F
     rank = keep.sum(1).long()
     rounding = 100 * torch.finfo(F.dtype).eps
@@ -486,7 +483,7 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
             continue
         sel = torch.nonzero(rank == k).squeeze(1)
         C = comps[sel, :, :k]
-        Q = rap_music(C, D, k)
+        Q = rap_music(C, D, k, norms)
         GQ = D.T[Q].transpose(1, 2)  # (b, n_sensors, k)
         LF = _times_leadfield(F[sel, :, :k].transpose(1, 2), L.T).transpose(1, 2)
         res = unexplained_share(C, GQ)
@@ -1083,7 +1080,8 @@ def start_factors(Y, L, network, *, K=None):
     if cfg.source_set is not None:
         F = select_source_set(F, comps, keep, L, cfg.source_set)
     if network.patches is not None and (cfg.patch_set, cfg.patch_pursuit) != (None, None):
-        n_dims, images = network.sensor_dims(L), network.patch_images(L)
+        n_dims = network.sensor_dims(L)
+        images = (network.patch_images(L), network.image_norms(L))
         variance = noise_variance(Y, Y_r, keep, n_dims) if cfg.noise_margin > 0 else None
         chosen = F
         if cfg.patch_set is not None:
@@ -1092,8 +1090,8 @@ def start_factors(Y, L, network, *, K=None):
                                        patches=network.patches, images=images,
                                        min_rank=1, noise=noise)
         if cfg.patch_pursuit is not None:
-            chosen = pursue_patches(chosen, comps, keep, L, network.patches,
-                                    (images, network.image_norms(L)), (variance, n_dims),
+            chosen = pursue_patches(chosen, comps, keep, L, network.patches, images,
+                                    (variance, n_dims),
                                     free=_unchanged(chosen, network_F),
                                     extra=cfg.patch_pursuit,
                                     margin=cfg.noise_margin)
