@@ -72,10 +72,10 @@ class LearnedMMInverse:
     n_jobs : int | None
         Number of CPU threads used during :meth:`apply` (MNE's convention:
         ``None`` is 1 unless ``MNE_N_JOBS`` is set, ``-1`` all cores). On the
-        CPU, epochs in several batches are solved ``n_jobs`` batches at a time,
-        one torch thread each (the solver's products are too small for
-        several threads to pay within one batch); a single batch gets
-        ``n_jobs`` torch threads.
+        CPU, the epochs are shared among ``n_jobs`` workers, a batch at a
+        time, each with one torch thread: the start's products are too small
+        for several threads to pay within a batch, so an Evoked is solved on
+        one. With MM steps a worker gets ``n_jobs`` divided by the workers.
     %(verbose)s
 
     Attributes
@@ -320,7 +320,8 @@ class LearnedMMInverse:
         """
         if not hasattr(self, "fwd_"):
             raise RuntimeError("Call fit(fwd) before apply().")
-        changed = [k for k, v in self._fit_params.items() if self.get_params()[k] != v]
+        params = self.get_params()
+        changed = [k for k, v in self._fit_params.items() if params[k] != v]
         if changed:
             raise RuntimeError(
                 f"Parameter(s) {', '.join(changed)} changed since fit(): call "
@@ -424,8 +425,12 @@ class LearnedMMInverse:
             Y = mne.filter.resample(Y, up=self.sfreq_model_, down=sfreq, npad="auto",
                                     verbose=False)
         L = torch.as_tensor(G, dtype=torch.float32, device=self.device_)
-        batch_size = int(self.batch_size)
+        # CPU: n_jobs workers share the epochs (see n_jobs in the class docstring)
+        n_workers = max(min(n_threads, len(Y)), 1) if self.device_.type == "cpu" else 1
+        batch_size = max(min(int(self.batch_size), -(-len(Y) // n_workers)), 1)
         starts = range(0, len(Y), batch_size)
+        n_workers = min(n_workers, len(starts))
+        n_intra = 1 if low_rank else max(n_threads // n_workers, 1)
         if low_rank:  # float64, filled batch by batch
             r = min(self.solver_.start_network.config.max_rank, *Y.shape[1:])
             X = (np.empty((len(Y), G.shape[1], r)), np.empty((len(Y), r, Y.shape[-1])))
@@ -456,8 +461,7 @@ class LearnedMMInverse:
                 np.multiply(Xb.cpu().numpy(), alpha, out=X[start:stop])
             return history.as_numpy()
 
-        n_workers = min(n_threads, len(starts)) if self.device_.type == "cpu" else 1
-        with _torch_threads(max(n_threads // n_workers, 1)):
+        with _torch_threads(n_intra):
             if n_workers > 1:  # torch releases the GIL inside its operations
                 with ThreadPoolExecutor(n_workers) as pool:
                     histories = list(pool.map(solve, starts))

@@ -211,6 +211,14 @@ def test_n_jobs_sets_and_restores_threads(fwd_default, evoked):
     before = torch.get_num_threads()
     est.apply(evoked)
     assert seen == [1] and torch.get_num_threads() == before
+    # two workers share one batch's worth of epochs, one thread each; an Evoked gets one
+    est.set_params(n_jobs=2)
+    seen.clear()
+    epochs = mne.EpochsArray(np.stack([evoked.data] * 3), evoked.info, verbose=False)
+    assert len(est.apply(epochs)) == 3 and seen == [1, 1]
+    seen.clear()
+    est.apply(evoked)
+    assert seen == [1] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="n_jobs must not be 0"):
         LearnedMMInverse(device="cpu", n_jobs=0).fit(fwd_default)
 

@@ -160,5 +160,5 @@ def fitted_scale(Y, P):
 def same_tensor(a, b):
     """Whether two tensors are equal in shape, device, dtype and every value (the test of
     the caches kept per leadfield)."""
-    return a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and bool(
+    return a is b or a.shape == b.shape and a.device == b.device and a.dtype == b.dtype and bool(
         torch.equal(a, b))

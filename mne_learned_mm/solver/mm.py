@@ -1,7 +1,7 @@
 """Learned MM solver: ``x ← x − γ p ⊙ ∇u(x)`` with a descent certificate."""
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import nn
@@ -174,7 +174,7 @@ class SolverHistory:
 
     def as_numpy(self):
         """Dict of NumPy arrays, one per attribute."""
-        return {k: v.detach().cpu().numpy() for k, v in asdict(self).items()}
+        return {f.name: getattr(self, f.name).detach().cpu().numpy() for f in fields(self)}
 
 
 class _Recorder:
