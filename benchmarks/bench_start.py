@@ -18,7 +18,9 @@ patches' true contribution subtracted from the data (how well the patch is
 found once nothing masks it: what the noise alone allows).
 ``--sim-conductivity`` simulates the data with a BEM of other conductivities
 on the same head and solves with the packaged forward (forward-model
-mismatch, as with any real head); ``--sloreta`` adds sLORETA at the array
+mismatch, as with any real head), ``--sim-jitter MM`` with every electrode
+moved along the scalp by a random offset of ``MM`` mm root-mean-square (a
+template's coregistration error); ``--sloreta`` adds sLORETA at the array
 level (the start's input image, ``lambda2 = 1/9``) on the same samples.
 ``--max-rank``, ``--residual-passes`` and ``--rotation`` override the start's
 inference settings (``--rotation none``: the previous model, bank-v4), for every
@@ -30,6 +32,7 @@ choice).
 import argparse
 import time
 
+import mne
 import numpy as np
 import torch
 
@@ -136,12 +139,32 @@ def _sloreta(L):
 def _forwards(args):
     """The forward that simulates the data and the one that solves it."""
     fwd = _load_forward(args.fwd)
-    if args.sim_conductivity is None:
+    if args.sim_conductivity is None and args.sim_jitter is None:
         return fwd, fwd
     if args.fwd is not None:
-        raise SystemExit("--sim-conductivity simulates on the packaged fsaverage head: "
-                         "leave --fwd out")
-    return make_fsaverage_forward(conductivity=args.sim_conductivity, verbose=False), fwd
+        raise SystemExit("--sim-conductivity and --sim-jitter simulate on the packaged "
+                         "fsaverage head: leave --fwd out")
+    info = fwd["info"]
+    if args.sim_jitter is not None:
+        info = _jittered(info, args.sim_jitter * 1e-3, np.random.default_rng(args.seed))
+    return make_fsaverage_forward(info, conductivity=args.sim_conductivity,
+                                  verbose=False), fwd
+
+
+def _jittered(info, rms, rng):
+    """``info`` with each electrode moved along the scalp (perpendicular to its direction
+    from the electrodes' centroid) by a random offset of root-mean-square length ``rms``
+    (m): a template's coregistration error."""
+    pos = np.array([ch["loc"][:3] for ch in info["chs"]])
+    radial = pos - pos.mean(0)
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    step = rng.standard_normal(pos.shape)
+    step -= (step * radial).sum(1, keepdims=True) * radial
+    step *= rms / np.sqrt(np.square(step).sum(1).mean())
+    moved = mne.create_info(info["ch_names"], 1000.0, "eeg")  # the rate is not used
+    moved.set_montage(mne.channels.make_dig_montage(dict(zip(info["ch_names"], pos + step)),
+                                                    coord_frame="head"), verbose=False)
+    return moved
 
 
 def _start(args):
@@ -197,6 +220,10 @@ def main():
                         metavar=("BRAIN", "SKULL", "SCALP"),
                         help="simulate with a BEM of these conductivities (S/m), solve "
                              "with the packaged forward")
+    parser.add_argument("--sim-jitter", type=float, default=None, metavar="MM",
+                        help="simulate with every electrode moved along the scalp by a "
+                             "random offset of this root-mean-square length (mm, drawn "
+                             "from --seed), solve with the packaged forward")
     parser.add_argument("--sloreta", action="store_true",
                         help="also sLORETA at the array level on the same samples")
     parser.add_argument("--by-share", action="store_true",
@@ -204,16 +231,18 @@ def main():
     args = parser.parse_args()
     if args.n < 1:
         parser.error("--n must be >= 1")
-    if args.by_share and args.sim_conductivity is not None:
-        parser.error("--by-share needs the data's own forward: leave --sim-conductivity out")
+    if args.by_share and (args.sim_conductivity, args.sim_jitter) != (None, None):
+        parser.error("--by-share needs the data's own forward: leave --sim-conductivity "
+                     "and --sim-jitter out")
     torch.set_num_threads(args.n_threads)
     sim, fwd = _forwards(args)
     ds = _test_set(sim, args)
     items = [ds[i] for i in range(len(ds))]
     L = make_leadfield(fwd, ds.info).astype(np.float32)  # the solver's, same channels
-    print(f"{ds!r}" + ("" if sim is fwd else
+    print(f"{ds!r}" + ("" if args.sim_conductivity is None else
                       f", simulated with conductivity {tuple(args.sim_conductivity)}")
-          + "\n")
+          + ("" if args.sim_jitter is None else
+             f", simulated with electrodes moved {args.sim_jitter:g} mm (rms)") + "\n")
     print("| model | MM iterations | LE (mm) | AUC (%) | PSNR (dB) | TE (ms) "
           "| ΔLE vs first row | ΔAUC vs first row | ΔLE / ΔAUC / ΔPSNR vs first model "
           "| ms / sample |")
