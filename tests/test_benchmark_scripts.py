@@ -1,10 +1,12 @@
 """The benchmark scripts that RESULTS.md quotes still run against the current API."""
 
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,9 +55,28 @@ def test_start_script_prints_its_table():
     assert again == ["+0.00 ± 0.00 / +0.00 ± 0.00 / +0.00 ± 0.00"] * 2, out
 
 
-def test_start_script_mismatch_refuses_by_share():
+@pytest.mark.parametrize("mismatch", [["--sim-conductivity", "0.3", "0.015", "0.3"],
+                                      ["--sim-jitter", "5"]])
+def test_start_script_mismatch_refuses_by_share(mismatch):
     run = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",
-         "--by-share", "--sim-conductivity", "0.3", "0.015", "0.3"],
+         "--by-share", *mismatch],
         capture_output=True, text=True)
     assert run.returncode == 2 and "--by-share needs the data's own forward" in run.stderr
+
+
+def test_start_script_moves_electrodes_along_the_scalp(fwd_default):
+    spec = importlib.util.spec_from_file_location("bench_start",
+                                                  ROOT / "benchmarks" / "bench_start.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    info = fwd_default["info"]
+    moved = bench._jittered(info, 5e-3, np.random.default_rng(0))
+    assert moved["ch_names"] == info["ch_names"]
+    before = np.array([ch["loc"][:3] for ch in info["chs"]])
+    step = np.array([ch["loc"][:3] for ch in moved["chs"]]) - before
+    radial = before - before.mean(0)
+    radial /= np.linalg.norm(radial, axis=1, keepdims=True)
+    assert np.sqrt(np.square(step).sum(1).mean()) == pytest.approx(5e-3, rel=1e-6)
+    np.testing.assert_allclose((step * radial).sum(1), 0, atol=1e-9)  # along the scalp
+    assert np.linalg.norm(step, axis=1).min() > 0  # every electrode moved
