@@ -711,9 +711,12 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
         energy = C.square().sum((1, 2)).clamp_min(torch.finfo(C.dtype).tiny)
         LF = _times_leadfield(F[sel, :, :r].transpose(1, 2), L.T).transpose(1, 2)
         scores, shares, found = [], [], []
-        for k in range(r, min(r + extra, F.shape[2], max_patches) + 1):
+        k_max = min(r + extra, F.shape[2], max_patches)
+        # the greedy picks for k patches are the first k of those for k_max
+        greedy = patch_pursuit(C, images, k_max, n_starts=1, n_sweeps=0, norms=norms)
+        for k in range(r, k_max + 1):
             bar = margin * noise_share(C, var, n_dims, k)
-            Q, res = _search_patches(C, images, norms, k, screen * bar)
+            Q, res = _search_patches(C, images, norms, greedy[:, :k], screen * bar)
             scores.append(res + penalty * k * var / energy)
             shares.append(res / bar)
             found.append((Q, res))
@@ -732,11 +735,11 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
     return out
 
 
-def _search_patches(C, images, norms, k, near):
+def _search_patches(C, images, norms, Q, near):
     """``k`` patches for each ``C`` and the share they leave (:func:`pursue_patches`): the
-    greedy picks first, :func:`patch_pursuit` from several starts where these leave less
-    than ``near``."""
-    Q = patch_pursuit(C, images, k, n_starts=1, n_sweeps=0, norms=norms)
+    greedy picks ``Q`` (n_batch, k), or :func:`patch_pursuit` from several starts where
+    these leave less than ``near``."""
+    k = Q.shape[1]
     res = unexplained_share(C, images.T[Q].transpose(1, 2))
     near = res <= near
     if k == 1 or not bool(near.any()):
@@ -1108,7 +1111,7 @@ def _deflate_changed(F, before, comps, keep, L, K, network):
     conditioned."""
     if F is before:  # the choice took no window
         return F
-    w = torch.nonzero((F != before).flatten(1).any(1)).squeeze(1)
+    w = torch.nonzero(~_unchanged(F, before)).squeeze(1)
     if len(w) == 0:  # it took windows whose patterns it already held
         return F
     Fw, C, kept = F[w], comps[w], keep[w].reshape(-1) > 0
