@@ -216,11 +216,16 @@ def _source_space(subjects_dir, spacing):
 
 
 def _eeg_info(info, picks):
-    info = mne.pick_info(info, picks)
-    with info._unlock():
-        info["projs"] = []
-        info["bads"] = []
-    return info
+    """A complete measurement info of the picked EEG channels and their positions alone:
+    what :func:`mne.make_forward_solution` reads, also from the partial info a
+    :class:`mne.Forward` carries (no projectors, no bads; the rate is not used)."""
+    chs = [info["chs"][pick] for pick in picks]
+    out = mne.create_info([ch["ch_name"] for ch in chs], 1000.0, "eeg")
+    with out._unlock():
+        for new, ch in zip(out["chs"], chs):
+            new["loc"] = ch["loc"].copy()
+            new["coord_frame"] = ch["coord_frame"]
+    return out
 
 
 @verbose

@@ -102,6 +102,19 @@ def test_custom_montage_forward():
     np.testing.assert_array_equal(fwd2["sol"]["data"], fwd["sol"]["data"])
 
 
+def test_forward_from_a_forwards_info(fwd_default, monkeypatch, tmp_path):
+    """A Forward's info lacks most of a measurement's keys (mne 1.13.2 reads ``comps``)."""
+    from mne_learned_mm import head
+
+    data_dir = head.get_data_dir
+    monkeypatch.setattr(head, "get_data_dir",  # an empty forward cache: it is computed
+                        lambda sub=None: tmp_path if sub == "forward" else data_dir(sub))
+    info = mne.pick_info(fwd_default["info"], np.arange(0, 90, 6))
+    fwd = make_fsaverage_forward(info, spacing="ico1", verbose=False)
+    assert fwd["info"]["ch_names"] == info["ch_names"]
+    assert np.isfinite(fwd["sol"]["data"]).all() and fwd["sol"]["data"].shape[0] == 15
+
+
 def test_bad_inputs():
     info = mne.create_info(["MEG1", "MEG2"], 100.0, "mag")
     with pytest.raises(ValueError, match="No EEG channels"):
