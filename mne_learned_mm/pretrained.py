@@ -462,7 +462,7 @@ def source_patches(fwd, config, orders):
                                    check_invariants=True).coalesce()
 
 
-def _share_or_none(value):
+def _float_or_none(value):
     return None if value in (None, "none") else float(value)
 
 
@@ -477,10 +477,11 @@ def _orders(value):
 
 #: inference settings of the start that :func:`load_model`'s ``start`` may override
 START_OVERRIDES = {"max_rank": int, "residual_passes": int, "rotation": str,
-                   "single_source": _share_or_none, "rank_threshold": float,
-                   "source_set": _share_or_none, "patch_set": _share_or_none,
+                   "single_source": _float_or_none, "rank_threshold": float,
+                   "source_set": _float_or_none, "patch_set": _float_or_none,
                    "noise_margin": float, "patch_orders": _orders,
-                   "patch_pursuit": _count_or_none}
+                   "patch_pursuit": _count_or_none, "colored_noise": _float_or_none,
+                   "rank_share": float}
 
 
 def _build_start(config, state, overrides=None):

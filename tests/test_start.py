@@ -17,6 +17,8 @@ from mne_learned_mm.solver.start import (
     StartNetwork,
     amortized_start,
     canonical_sign,
+    choice_noise,
+    colored_noise_variance,
     denoise,
     explained_share,
     gavish_donoho_rank,
@@ -331,6 +333,85 @@ def test_noise_variance_and_share_match_white_noise(sources):
     more = L[:, sources + [44]][None]  # one image more: the noise loses one more dimension
     ratio = unexplained_share(C, more) / noise_share(C, variance, n_dims, len(sources) + 1)
     assert 0.9 < float(ratio.median()) < 1.3
+
+
+def _ar1_noise(gen, shape, phi):
+    """Noise that is white across channels and AR(1) in time, unit innovations."""
+    e = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    out = torch.empty_like(e)
+    out[..., 0] = e[..., 0] / np.sqrt(1 - phi ** 2)  # stationary from the start
+    for t in range(1, shape[-1]):
+        out[..., t] = phi * out[..., t - 1] + e[..., t]
+    return out
+
+
+def _slow_source(gen, L, n_batch, n_times, amplitude):
+    """One source (column 7) with a slow time course, and that course (unit norm)."""
+    t = torch.arange(n_times, dtype=torch.float64)
+    v = torch.sin(2 * np.pi * t / n_times) * torch.hann_window(n_times, dtype=torch.float64)
+    v = v / v.norm()
+    return amplitude * L[:, 7][None, :, None] * v[None, None].expand(n_batch, 1, -1), v
+
+
+def test_colored_noise_variance_is_the_variance_along_a_time_course():
+    """For noise that is AR(1) in time, the variance along a slow component's time course
+    is vᵀ Γ v (many times the white level); for white noise it is the white level."""
+    gen = torch.Generator().manual_seed(5)
+    L = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    L = L - L.mean(0)
+    phi, n_times = 0.9, 400
+    clean, v = _slow_source(gen, L, 8, n_times, 60.0)
+    for noise, truth in [
+        (_ar1_noise(gen, (8, 30, n_times), phi),
+         float(v @ (phi ** (torch.arange(n_times)[:, None] - torch.arange(n_times)).abs()
+                    .double() / (1 - phi ** 2)) @ v)),
+        (torch.randn(8, 30, n_times, generator=gen, dtype=torch.float64), 1.0)]:
+        Y = clean + noise
+        Y = Y - Y.mean(1, keepdim=True)
+        comps, Vh, keep = temporal_components(Y, 1)
+        Y_r = comps @ Vh
+        colored = colored_noise_variance(Y, Y_r, Vh, keep, 29)[:, 0]
+        # a little low: the kept direction takes its share of the slow noise from R
+        assert 0.7 < float((colored / truth).median()) < 1.1, (colored, truth)
+    white = noise_variance(Y, Y_r, keep, 29)
+    assert 0.9 < float(white.median()) < 1.1
+    assert truth < 2 < float(v @ (phi ** (torch.arange(n_times)[:, None]  # the AR(1) case
+                                          - torch.arange(n_times)).abs().double()
+                                  / (1 - phi ** 2)) @ v) / (1 / (1 - phi ** 2))
+
+
+def test_choice_noise_counts_the_source_like_components():
+    """Under noise that is slow in time the Gavish-Donoho rank counts noise components;
+    the choices fit the one a source explains, with the noise along its time course. Under
+    white noise they fit the kept components with the white level; and the start stays
+    odd in the data."""
+    gen = torch.Generator().manual_seed(6)
+    L = torch.randn(30, 50, generator=gen, dtype=torch.float64)
+    L = L - L.mean(0)
+    net = StartNetwork(50, StartConfig(hidden=8, depth=1)).double()
+    net.patches = torch.eye(50, dtype=torch.float64).to_sparse()
+    images = (net.patch_images(L), net.image_norms(L))
+    clean, _ = _slow_source(gen, L, 8, 400, 60.0)
+    Y = clean + _ar1_noise(gen, (8, 30, 400), 0.97)
+    Y = Y - Y.mean(1, keepdim=True)
+    comps, Vh, keep = temporal_components(Y, 6, 0.9)
+    assert float(keep.sum(1).min()) >= 2  # the slow noise passes the threshold
+    keep_c, variance = choice_noise(Y, comps, Vh, keep, images, 29, net.config)
+    assert keep_c.sum(1).tolist() == [1.0] * 8
+    white = noise_variance(Y, comps @ Vh, keep, 29)
+    assert bool((variance[:, 0] > 3 * white).all()) and bool((variance[:, 1:] == 0).all())
+    torch.testing.assert_close(amortized_start(-Y, L, net), -amortized_start(Y, L, net))
+    Y = clean + torch.randn(8, 30, 400, generator=gen, dtype=torch.float64)
+    Y = Y - Y.mean(1, keepdim=True)
+    comps, Vh, keep = temporal_components(Y, 6, 0.9)
+    keep_c, variance = choice_noise(Y, comps, Vh, keep, images, 29, net.config)
+    torch.testing.assert_close(keep_c, keep)
+    torch.testing.assert_close(variance, noise_variance(Y, comps @ Vh, keep, 29)[:, None]
+                               * keep)
+    with pytest.raises(ValueError, match="colored_noise must be"):
+        StartConfig(colored_noise=0.0)
+    with pytest.raises(ValueError, match="rank_share must be"):
+        StartConfig(rank_share=1.5)
 
 
 def test_patch_set_bar_leaves_the_noise_out():

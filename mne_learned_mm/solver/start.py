@@ -18,6 +18,9 @@ training bank's profiles as the window has components (:func:`select_source_set`
 nested-model tests, they replace them. Where neither does, a patch pursuit
 (:func:`pursue_patches`, :func:`patch_pursuit`) may fit one patch more than the
 window has components, for patches whose time courses are nearly proportional.
+Where the noise is colored in time (a whitened 1/f background), the patch choices
+fit only the components that a patch explains and allow for the noise along their
+time courses (:func:`choice_noise`).
 
 Sign equivariance is exact: the network sees its input with the sign that
 makes its largest-magnitude entry positive and returns its output with the
@@ -107,6 +110,23 @@ class StartConfig:
         courses are nearly proportional make one component, which no one
         pattern and no ``r`` patches explain. Inference only, with the patches
         set. ``None``: never.
+    colored_noise : float | None
+        Where the noise along a window's first component's time course
+        (:func:`colored_noise_variance`) exceeds this many times the white level
+        (:func:`noise_variance`), the window's noise counts as colored in time (a 1/f
+        brain background left by whitening, which the Gavish-Donoho rank takes for
+        several components): the patch set and the pursuit then fit only its
+        leading components that one patch explains ``rank_share`` of, with the noise
+        along each one's time course in their bars (:func:`choice_noise`); the
+        network still sees every kept component. White noise gives at most about
+        1.05 times the white level, a whitened 1/f background 1.5-2.5 times.
+        Inference only. ``None``: the noise is taken as white.
+    rank_share : float
+        Share of a component that its best patch must explain to count, in a window
+        with colored noise, among the components the choices fit
+        (:func:`source_like`). The best of the 19 260 patches explains 0.1-0.2 of a
+        white random topography of 90 channels, 0.2-0.4 of a whitened background
+        component, 0.5-1 of a component that a source dominates. Inference only.
     """
 
     hidden: int = 1024
@@ -123,14 +143,19 @@ class StartConfig:
     patch_orders: tuple = (0, 7)
     noise_margin: float = 1.5
     patch_pursuit: int | None = 1
+    colored_noise: float | None = 1.3
+    rank_share: float = 0.4
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation must be one of {ROTATIONS}, got {self.rotation!r}")
-        for key in ("single_source", "source_set", "patch_set"):
+        for key in ("single_source", "source_set", "patch_set", "rank_share"):
             share = getattr(self, key)
             if share is not None and not 0 < share <= 1:
                 raise ValueError(f"{key} must be in (0, 1] or None, got {share!r}")
+        if self.colored_noise is not None and not self.colored_noise > 0:
+            raise ValueError(f"colored_noise must be None or positive, got "
+                             f"{self.colored_noise!r}")
         if not self.rank_threshold > 0:
             raise ValueError(f"rank_threshold must be positive, got {self.rank_threshold!r}")
         self.patch_orders = tuple(int(order) for order in self.patch_orders)  # JSON: a list
@@ -467,8 +492,9 @@ def select_source_set(F, comps, keep, L, min_share, max_pattern_gain=0.3, *, pat
     min_rank : int
         Fewest components of a window that the choice looks at.
     noise : tuple of (Tensor, int) | None
-        Noise variance per entry, shape (n_batch,), and the sensor space's
-        dimension (:func:`noise_variance`); None: a fixed bar.
+        Noise variance per entry, shape (n_batch,) or per component, shape
+        (n_batch, r) (:func:`noise_variance`, :func:`choice_noise`), and the sensor
+        space's dimension; None: a fixed bar.
 
     Returns
     -------
@@ -510,12 +536,14 @@ def noise_share(C, variance, n_dims, n_fitted=None):
     Each of the ``r`` components ``C = Y V`` of a window carries the noise of
     ``Y`` along its unit time course: ``variance`` per dimension of the
     ``n_dims``-dimensional sensor space, of which ``n_dims − k`` lie off the
-    span of ``k`` fitted images. So ``r (n_dims − k) σ² / ‖C‖²``.
+    span of ``k`` fitted images. So ``r (n_dims − k) σ² / ‖C‖²``, or
+    ``(n_dims − k) Σⱼ σⱼ² / ‖C‖²`` with a variance ``σⱼ²`` along each component's
+    time course (noise colored in time, :func:`choice_noise`).
 
     Parameters
     ----------
     C : Tensor, shape (n_batch, n_sensors, r)
-    variance : Tensor, shape (n_batch,)
+    variance : Tensor, shape (n_batch,) or (n_batch, r)
     n_dims : int
     n_fitted : int | None
         ``k``, the images fitted; None: ``r``.
@@ -526,8 +554,61 @@ def noise_share(C, variance, n_dims, n_fitted=None):
     """
     r = C.shape[2]
     k = r if n_fitted is None else n_fitted
-    return r * (n_dims - k) * variance / C.square().sum((1, 2)).clamp_min(
+    total = r * variance if variance.dim() == 1 else variance[:, :r].sum(1)
+    return (n_dims - k) * total / C.square().sum((1, 2)).clamp_min(
         torch.finfo(C.dtype).tiny)
+
+
+def colored_noise_variance(Y, Y_r, Vh, keep, n_dims, order=16):
+    """Noise variance along each component's time course, for noise that is not white in time.
+
+    ``vᵀ Γ v``, with ``Γ`` the temporal covariance per sensor dimension of an
+    autoregressive model of order ``order`` fitted (Yule-Walker) to what the kept
+    components leave, ``R = Y − Y_r``, pooled over the sensors: its autocovariances
+    up to lag ``order`` set the whole spectrum ``S(ω) = s² / |1 − Σⱼ aⱼ e^{−ijω}|²``,
+    and ``vᵀ Γ v = Σ_ω S(ω) |v̂(ω)|²`` on a grid of ``n ≥ 2 n_times`` frequencies.
+    The estimate is a little low (``R`` lacks the kept directions, and with them
+    their share of the slow noise; for white noise 0.8-0.9 of the white level,
+    :func:`noise_variance`); a 1/f background gives several times the white level
+    along slow time courses.
+
+    Parameters
+    ----------
+    Y, Y_r : Tensor, shape (n_batch, n_sensors, n_times)
+    Vh : Tensor, shape (n_batch, r, n_times)
+        Unit time courses (zero rows for dropped components).
+    keep : Tensor, shape (n_batch, r)
+    n_dims : int
+        Dimension of the sensor space.
+    order : int
+        Of the autoregressive model (at most a quarter of ``n_times``).
+
+    Returns
+    -------
+    variance : Tensor, shape (n_batch, r)
+        Zero for the dropped components.
+    """
+    R = Y - Y_r
+    B, _, t = R.shape
+    order = max(min(order, t // 4), 1)
+    r = keep.sum(1)
+    dof = ((n_dims - r) * (t - r)).clamp_min(1)
+    n = 1 << (2 * t - 1).bit_length()  # no circular wrap-around below lag t
+    acf = torch.fft.irfft(torch.fft.rfft(R, n=n).abs().square().sum(1), n=n)
+    acf = acf[:, :order + 1] / dof[:, None]  # biased autocovariances, (B, p + 1)
+    lags = torch.arange(order, device=Y.device)
+    toeplitz = acf[:, (lags[:, None] - lags[None]).abs()]  # (B, p, p), positive definite
+    eye = torch.eye(order, dtype=Y.dtype, device=Y.device)
+    scale = acf[:, :1, None].clamp_min(torch.finfo(Y.dtype).tiny)
+    a = torch.linalg.solve(toeplitz + 1e-9 * scale * eye, acf[:, 1:, None])[..., 0]
+    innovation = (acf[:, 0] - (a * acf[:, 1:]).sum(1)).clamp_min(0)  # (B,)
+    filt = torch.cat([torch.ones(B, 1, dtype=Y.dtype, device=Y.device), -a], 1)
+    spectrum = innovation[:, None] / torch.fft.rfft(filt, n=n).abs().square().clamp_min(
+        torch.finfo(Y.dtype).tiny)  # (B, n // 2 + 1)
+    weights = torch.full((n // 2 + 1,), 2.0, dtype=Y.dtype, device=Y.device)
+    weights[0] = weights[-1] = 1.0
+    power = torch.fft.rfft(Vh, n=n).abs().square()  # (B, r, n // 2 + 1)
+    return (power * (spectrum * weights)[:, None]).sum(2) / n * keep
 
 
 def noise_variance(Y, Y_r, keep, n_dims):
@@ -670,8 +751,9 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
         squared norms, shape (n_patches,) (:meth:`StartNetwork.patch_images`,
         :meth:`StartNetwork.image_norms`).
     noise : tuple of (Tensor, int)
-        Noise variance per entry, shape (n_batch,), and the sensor space's
-        dimension (:func:`noise_variance`).
+        Noise variance per entry, shape (n_batch,) or per component, shape
+        (n_batch, r) (:func:`noise_variance`, :func:`choice_noise`), and the sensor
+        space's dimension.
     free : Tensor of bool, shape (n_batch,)
         Windows the choice may change.
     extra : int
@@ -717,7 +799,8 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
         for k in range(r, k_max + 1):
             bar = margin * noise_share(C, var, n_dims, k)
             Q, res = _search_patches(C, images, norms, greedy[:, :k], screen * bar)
-            scores.append(res + penalty * k * var / energy)
+            mean_var = var if var.dim() == 1 else var[:, :r].mean(1)
+            scores.append(res + penalty * k * mean_var / energy)
             shares.append(res / bar)
             found.append((Q, res))
         k = torch.stack(scores).argmin(0)  # index into found: k - r
@@ -730,7 +813,6 @@ def pursue_patches(F, comps, keep, L, patches, images, noise, free, extra, margi
                 cols = found[j][0][(sel == w).nonzero()[0, 0]]
                 basis = torch.cat([patches.index_select(0, cols).to_dense().to(F.dtype).T,
                                    F[w, :, :r]], 1)  # (n_sources, k + r)
-                out[w] = 0
                 out[w, :, :r] = basis @ _joint_fit(L @ basis, comps[w, :, :r])
     return out
 
@@ -1085,21 +1167,103 @@ def start_factors(Y, L, network, *, K=None):
     if network.patches is not None and (cfg.patch_set, cfg.patch_pursuit) != (None, None):
         n_dims = network.sensor_dims(L)
         images = (network.patch_images(L), network.image_norms(L))
-        variance = noise_variance(Y, Y_r, keep, n_dims) if cfg.noise_margin > 0 else None
+        keep_c, variance = keep, None
+        if cfg.noise_margin > 0:
+            keep_c, variance = choice_noise(Y, comps, Vh, keep, images, n_dims, cfg)
         chosen = F
         if cfg.patch_set is not None:
             noise = None if variance is None else (cfg.noise_margin * variance, n_dims)
-            chosen = select_source_set(F, comps, keep, L, cfg.patch_set,
+            chosen = select_source_set(F, comps, keep_c, L, cfg.patch_set,
                                        patches=network.patches, images=images,
                                        min_rank=1, noise=noise)
         if cfg.patch_pursuit is not None:
-            chosen = pursue_patches(chosen, comps, keep, L, network.patches, images,
+            chosen = pursue_patches(chosen, comps, keep_c, L, network.patches, images,
                                     (variance, n_dims),
                                     free=_unchanged(chosen, network_F),
                                     extra=cfg.patch_pursuit,
                                     margin=cfg.noise_margin)
         F = _deflate_changed(chosen, F, comps, keep, L, K, network)
     return F, torch.linalg.pinv(L @ F) @ Y_r  # A: zero rows for dropped components
+
+
+def choice_noise(Y, comps, Vh, keep, images, n_dims, config):
+    """The components that the patch choices fit, and the noise variance along each.
+
+    Where the noise is white in time, the kept components and the variance per
+    entry that the others leave (:func:`noise_variance`) for each. Where it is
+    not (the variance along the first component's time course,
+    :func:`colored_noise_variance`, exceeds ``config.colored_noise`` times the
+    white level: a 1/f brain background, which the Gavish-Donoho rank takes for
+    several components), the leading components that one patch explains at least
+    ``config.rank_share`` of (:func:`source_like`), and for each the larger of the
+    variance along its time course and the white level beside them.
+
+    Parameters
+    ----------
+    Y : Tensor, shape (n_batch, n_sensors, n_times)
+    comps, Vh, keep
+        As :func:`temporal_components` returns them.
+    images : tuple of Tensor
+        The patches' images and their squared norms.
+    n_dims : int
+        Dimension of the sensor space.
+    config : StartConfig
+
+    Returns
+    -------
+    keep : Tensor, shape (n_batch, r)
+        1 for the components that the choices fit.
+    variance : Tensor, shape (n_batch, r)
+        Noise variance per entry along each of them (0 for the others).
+    """
+    Y_r = comps @ Vh
+    white = noise_variance(Y, Y_r, keep, n_dims)
+    variance = white[:, None] * keep
+    if config.colored_noise is None:
+        return keep, variance
+    colored = colored_noise_variance(Y, Y_r, Vh, keep, n_dims)
+    is_colored = colored[:, 0] > config.colored_noise * white
+    if not bool(is_colored.any()):
+        return keep, variance
+    keep_c = keep.clone()
+    keep_c[is_colored] = source_like(comps[is_colored], keep[is_colored], *images,
+                                     config.rank_share)
+    Y_c = (comps * keep_c[:, None]) @ Vh
+    white = noise_variance(Y, Y_c, keep_c, n_dims)[:, None] * keep_c
+    colored = torch.maximum(colored_noise_variance(Y, Y_c, Vh, keep_c, n_dims), white)
+    return keep_c, torch.where(is_colored[:, None], colored, variance)
+
+
+def source_like(comps, keep, images, norms, min_share):
+    """Keep the leading components that one patch explains at least ``min_share`` of.
+
+    The share of a component ``c`` that its best patch explains,
+    ``max_p ⟨c, g_p⟩² / (‖c‖² ‖g_p‖²)``, is about ``2 ln(n_patches) / n_dims``
+    for a topography of white noise (the most that the best of many candidates
+    explains by chance) and near 1 for a component that a source dominates, so it
+    tells the components of a source from those of a noise that is spatially white
+    (whitened), whatever its time courses.
+
+    Parameters
+    ----------
+    comps : Tensor, shape (n_batch, n_sensors, r)
+    keep : Tensor, shape (n_batch, r)
+    images : Tensor, shape (n_sensors, n_patches)
+        The patches' sensor images.
+    norms : Tensor, shape (n_patches,)
+        Their squared norms.
+    min_share : float
+
+    Returns
+    -------
+    keep : Tensor, shape (n_batch, r)
+        The first component always, then each while it and those before it pass.
+    """
+    proj = _times_leadfield(comps.transpose(1, 2), images).square() / norms  # (B, r, P)
+    share = proj.amax(2) / comps.square().sum(1).clamp_min(torch.finfo(comps.dtype).tiny)
+    passing = (share >= min_share).to(keep.dtype)
+    passing[:, 0] = 1
+    return keep * passing.cumprod(1)
 
 
 def _deflate_changed(F, before, comps, keep, L, K, network):
