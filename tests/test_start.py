@@ -655,6 +655,11 @@ def test_load_model_start_overrides(fwd_default):
     gd, _ = load_model(n_iter=0, start={"rank_threshold": "1"})
     assert gd.start_network.config.rank_threshold == 1.0
     assert pipe.start_network.config.rank_threshold == 0.9
+    white, _ = load_model(n_iter=0, start={"colored_noise": "none", "rank_share": "0.5"})
+    assert white.start_network.config.colored_noise is None
+    assert white.start_network.config.rank_share == 0.5
+    assert (pipe.start_network.config.colored_noise, pipe.start_network.config.rank_share) \
+        == (1.3, 0.4)
 
 
 def test_gavish_donoho_rank_finds_the_signal_rank():
