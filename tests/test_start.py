@@ -382,7 +382,8 @@ def test_colored_noise_variance_is_the_variance_along_a_time_course():
 
 def test_choice_noise_counts_the_source_like_components():
     """Under noise that is slow in time the Gavish-Donoho rank counts noise components;
-    the choices fit the one a source explains, with the noise along its time course. Under
+    the choices fit the one a source explains, with the noise along its time course, in
+    long windows and in short ones. Under
     white noise they fit the kept components with the white level; and the start stays
     odd in the data."""
     gen = torch.Generator().manual_seed(6)
@@ -401,6 +402,18 @@ def test_choice_noise_counts_the_source_like_components():
     white = noise_variance(Y, comps @ Vh, keep, 29)
     assert bool((variance[:, 0] > 3 * white).all()) and bool((variance[:, 1:] == 0).all())
     torch.testing.assert_close(amortized_start(-Y, L, net), -amortized_start(Y, L, net))
+    # a short window: the kept components hold the slow noise, whose color then shows
+    # beside the source-like components only
+    short, _ = _slow_source(gen, L, 8, 64, 15.0)
+    short = short + _ar1_noise(gen, (8, 30, 64), 0.9)
+    short = short - short.mean(1, keepdim=True)
+    comps, Vh, keep = temporal_components(short, 6, 0.9)
+    Y_r = comps @ Vh
+    white = noise_variance(short, Y_r, keep, 29)
+    assert bool((colored_noise_variance(short, Y_r, Vh, keep, 29)[:, 0] < 1.3 * white).all())
+    keep_c, variance = choice_noise(short, comps, Vh, keep, images, 29, net.config)
+    assert bool((keep_c.sum(1) < keep.sum(1)).all())
+    assert bool((variance[:, 0] > 1.3 * white).all())
     Y = clean + torch.randn(8, 30, 400, generator=gen, dtype=torch.float64)
     Y = Y - Y.mean(1, keepdim=True)
     comps, Vh, keep = temporal_components(Y, 6, 0.9)

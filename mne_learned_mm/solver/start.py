@@ -1191,12 +1191,15 @@ def choice_noise(Y, comps, Vh, keep, images, n_dims, config):
 
     Where the noise is white in time, the kept components and the variance per
     entry that the others leave (:func:`noise_variance`) for each. Where it is
-    not (the variance along the first component's time course,
-    :func:`colored_noise_variance`, exceeds ``config.colored_noise`` times the
-    white level: a 1/f brain background, which the Gavish-Donoho rank takes for
-    several components), the leading components that one patch explains at least
+    not, the leading components that one patch explains at least
     ``config.rank_share`` of (:func:`source_like`), and for each the larger of the
-    variance along its time course and the white level beside them.
+    variance along its time course (:func:`colored_noise_variance`) and the white
+    level beside them. The noise counts as colored (a 1/f brain background or
+    sensor noise, which the Gavish-Donoho rank takes for several components) where
+    the variance along the first component's time course exceeds
+    ``config.colored_noise`` times the white level, beside the kept components or,
+    where the kept components hold the slow noise themselves (a short window),
+    beside the source-like ones.
 
     Parameters
     ----------
@@ -1221,17 +1224,21 @@ def choice_noise(Y, comps, Vh, keep, images, n_dims, config):
     variance = white[:, None] * keep
     if config.colored_noise is None:
         return keep, variance
-    colored = colored_noise_variance(Y, Y_r, Vh, keep, n_dims)
-    is_colored = colored[:, 0] > config.colored_noise * white
-    if not bool(is_colored.any()):
-        return keep, variance
-    keep_c = keep.clone()
-    keep_c[is_colored] = source_like(comps[is_colored], keep[is_colored], *images,
-                                     config.rank_share)
-    Y_c = (comps * keep_c[:, None]) @ Vh
-    white = noise_variance(Y, Y_c, keep_c, n_dims)[:, None] * keep_c
-    colored = torch.maximum(colored_noise_variance(Y, Y_c, Vh, keep_c, n_dims), white)
-    return keep_c, torch.where(is_colored[:, None], colored, variance)
+    ratio = config.colored_noise
+    is_colored = colored_noise_variance(Y, Y_r, Vh, keep, n_dims)[:, 0] > ratio * white
+    keep_s, several = keep.clone(), keep.sum(1) > 1
+    if bool(several.any()):
+        keep_s[several] = source_like(comps[several], keep[several], *images,
+                                      config.rank_share)
+    Y_s = (comps * keep_s[:, None]) @ Vh
+    white_s = noise_variance(Y, Y_s, keep_s, n_dims)[:, None] * keep_s
+    colored_s = colored_noise_variance(Y, Y_s, Vh, keep_s, n_dims)
+    # in a short window the kept components may hold the slow noise themselves, which
+    # then shows beside the source-like ones only
+    is_colored |= (keep_s.sum(1) < keep.sum(1)) & (colored_s[:, 0] > ratio * white_s[:, 0])
+    keep_c = torch.where(is_colored[:, None], keep_s, keep)
+    return keep_c, torch.where(is_colored[:, None], torch.maximum(colored_s, white_s),
+                               variance)
 
 
 def source_like(comps, keep, images, norms, min_share):
