@@ -2,7 +2,7 @@
 
 Each scenario changes one thing relative to the training distribution
 (SEREEGA-style Gaussian ERPs, Gaussian patch profiles, 90 channels, 512 Hz,
-white noise): the montage (BioSemi 64, EGI 128 — forwards computed on the
+white noise): the montage (BioSemi 64, EGI 128 and 129 — forwards computed on the
 embedded fsaverage head), the sampling rate, the patch profile and size, the
 waveform (biphasic, alpha/beta bursts, sustained), the SNR, and the noise
 (pink sensor noise, brain background). Every sample goes through the public
@@ -61,6 +61,7 @@ SCENARIOS = {
     "reference": Scenario("as trained (random polarity)"),
     "biosemi64": Scenario("BioSemi 64 montage", montage="biosemi64"),
     "egi128": Scenario("EGI HydroCel 128 montage", montage="GSN-HydroCel-128"),
+    "egi129": Scenario("EGI HydroCel 129 montage (with Cz)", montage="GSN-HydroCel-129"),
     "sfreq256": Scenario("256 Hz, 32 samples", sfreq=256.0, n_times=32),
     "sfreq1000": Scenario("1000 Hz, 125 samples", sfreq=1000.0, n_times=125),
     "flat": Scenario("flat patch profile", profile="flat"),
