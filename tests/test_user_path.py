@@ -2,6 +2,7 @@
 devices, input checks, save/load, as ``mne.minimum_norm`` users expect them."""
 
 import logging
+import warnings
 
 import mne
 import numpy as np
@@ -63,6 +64,49 @@ def test_covariance_changes_the_estimate(evoked, fwd_default):
     stc = inv_cov.apply(evoked)
     assert np.isfinite(stc.data).all()
     assert _corr(stc, LearnedMMInverse(device="cpu").fit(fwd_default).apply(evoked)) < 0.999
+
+
+def test_whitened_brain_background_counts_as_colored_noise(fwd_default, evoked, monkeypatch):
+    """An evoked window in a 1/f brain background, solved with the covariance of its
+    baseline as a user computes it: the patch choices fit fewer components than the
+    Gavish-Donoho rank keeps (the background's are not source-like); on white sensor
+    noise they fit all of them."""
+    from mne_learned_mm.simulation import make_leadfield
+    from mne_learned_mm.solver import start as start_mod
+
+    rng = np.random.default_rng(0)
+    ds = SimulatedDataset(fwd_default, kind="evoked", n_samples=1, seed=3, snr_db=300.0)
+    L = make_leadfield(fwd_default)
+    clean = L @ ds[0]["X"].astype(float)
+    n_base = 2000
+    noise = brain_background(rng, L, n_base + clean.shape[1])
+    noise *= np.linalg.norm(clean) / np.linalg.norm(noise[:, n_base:]) / 10 ** (5 / 20)
+    info = mne.create_info(ds.info["ch_names"], 1000.0, "eeg")
+    info.set_montage(ds.info.get_montage(), verbose=False)
+    bg = mne.EvokedArray(clean + noise[:, n_base:], info, verbose=False)
+    bg.set_eeg_reference(projection=True, verbose=False)
+    baseline = mne.io.RawArray(noise[:, :n_base], info, verbose=False)
+    with warnings.catch_warnings():  # the noise-only epochs need no baseline correction
+        warnings.filterwarnings("ignore", "Epochs are not baseline corrected")
+        cov = mne.compute_covariance(mne.make_fixed_length_epochs(baseline, duration=0.25,
+                                                                  verbose=False),
+                                     method="empirical", verbose=False)
+    seen = []
+    original = start_mod.choice_noise
+
+    def spy(Y, comps, Vh, keep, *args):
+        keep_c, variance = original(Y, comps, Vh, keep, *args)
+        seen.append((int(keep.sum()), int(keep_c.sum())))
+        return keep_c, variance
+
+    monkeypatch.setattr(start_mod, "choice_noise", spy)
+    LearnedMMInverse(n_jobs=1).fit(fwd_default, cov).apply(bg)
+    (kept, fitted), = seen
+    assert fitted < kept, seen
+    seen.clear()
+    LearnedMMInverse(n_jobs=1).fit(fwd_default).apply(evoked)  # white sensor noise
+    (kept, fitted), = seen
+    assert fitted == kept, seen
 
 
 def test_covariance_checked_in_fit(fwd_default, evoked):
