@@ -1227,19 +1227,23 @@ def choice_noise(Y, comps, Vh, keep, images, n_dims, config):
     if config.colored_noise is None:
         return keep, variance
     ratio = config.colored_noise
-    is_colored = colored_noise_variance(Y, Y_r, Vh, keep, n_dims)[:, 0] > ratio * white
+    colored, white_c = colored_noise_variance(Y, Y_r, Vh, keep, n_dims), variance.clone()
+    is_colored = colored[:, 0] > ratio * white
     keep_s, several = keep.clone(), keep.sum(1) > 1
     if bool(several.any()):
         keep_s[several] = source_like(comps[several], keep[several], *images,
                                       config.rank_share)
-    Y_s = (comps * keep_s[:, None]) @ Vh
-    white_s = noise_variance(Y, Y_s, keep_s, n_dims)[:, None] * keep_s
-    colored_s = colored_noise_variance(Y, Y_s, Vh, keep_s, n_dims)
-    # in a short window the kept components may hold the slow noise themselves, which
-    # then shows beside the source-like ones only
-    is_colored |= (keep_s.sum(1) < keep.sum(1)) & (colored_s[:, 0] > ratio * white_s[:, 0])
+    cut = keep_s.sum(1) < keep.sum(1)
+    if bool(cut.any()):  # the noise beside the source-like components only
+        k_s = keep_s[cut]
+        Y_s = (comps[cut] * k_s[:, None]) @ Vh[cut]
+        white_c[cut] = noise_variance(Y[cut], Y_s, k_s, n_dims)[:, None] * k_s
+        colored[cut] = colored_noise_variance(Y[cut], Y_s, Vh[cut], k_s, n_dims)
+        # in a short window the kept components may hold the slow noise themselves,
+        # which then shows beside the source-like ones only
+        is_colored[cut] |= colored[cut, 0] > ratio * white_c[cut, 0]
     keep_c = torch.where(is_colored[:, None], keep_s, keep)
-    return keep_c, torch.where(is_colored[:, None], torch.maximum(colored_s, white_s),
+    return keep_c, torch.where(is_colored[:, None], torch.maximum(colored, white_c),
                                variance)
 
 
