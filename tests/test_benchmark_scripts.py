@@ -38,6 +38,22 @@ def test_prior_floor_script_prints_its_table(extra):
     assert shares and all(0 <= float(v) <= 1 for v in shares.groups()), out
 
 
+def test_mne_simulation_script_prints_its_table():
+    """MNE's simulation tools: the true sources peak in their patches, AUC 100."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_mne_simulation.py"), "--n", "2",
+         "--seed", "3", "--methods", "truth", "learned_mm", "sLORETA", "--baseline", "1"],
+        check=True, capture_output=True, text=True).stdout
+    rows = {line.split("|")[1].strip(): [float(c.split("±")[0]) for c in line.split("|")[2:7]]
+            for line in out.splitlines() if line.startswith("| ") and "---" not in line
+            and not line.startswith("| method")}
+    assert set(rows) == {"truth", "learned_mm", "sLORETA"}, out
+    le, le_patch, auc, nmse, te = rows["truth"]
+    assert le_patch == 0 and auc == 100 and nmse == 0 and te == 0
+    for le, le_patch, auc, _, _ in rows.values():
+        assert 0 <= le_patch <= le < 150 and 50 <= auc <= 100
+
+
 def test_start_script_prints_its_table():
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_start.py"), "--model", "new=default",

@@ -11,6 +11,7 @@ from mne_learned_mm.evaluation.metrics import (
     neighbour_rings,
     nmse_at_peak,
     normalize_max,
+    patch_localization_error,
     psnr,
     roc_auc,
     seed_zone,
@@ -113,6 +114,29 @@ def test_peak_outside_zone_is_not_found():
     assert m["LE"] == 0
     m7 = compute_metrics(X, X_hat, seeds, patches, pos, adj, SFREQ, order=12)
     assert m7["LE"] == pytest.approx(50.0)
+
+
+def test_patch_localization_error_flat_patch():
+    """0 mm wherever the estimate peaks inside the patch; else the distance to its edge."""
+    pos, adj = _chain()
+    X = np.zeros((N_SRC, N_TIMES))
+    patch = np.arange(18, 23)
+    X[patch, 10] = 1.0  # flat: the true sources tie over the patch
+    zone = seed_zone(adj, 20, [patch])
+    for peak, edge in ((18, 0), (22, 0), (24, 2), (13, 5)):
+        X_hat = np.zeros_like(X)
+        X_hat[peak, 10] = 1.0
+        assert patch_localization_error(X, X_hat, 20, patch, pos, zone) == pytest.approx(
+            1e3 * SPACING * edge)
+    # the LE to the seed counts 10 mm for a peak on the patch's edge
+    X_hat = np.zeros_like(X)
+    X_hat[18, 10] = 1.0
+    assert compute_metrics(X, X_hat, [20], [patch], pos, adj, SFREQ)["LE"] == (
+        pytest.approx(10.0))
+    # no estimate in the zone: the farthest zone source from the patch
+    far = np.max(np.abs(pos[zone, 0][:, None] - pos[patch, 0][None]).min(1))
+    assert patch_localization_error(X, np.zeros_like(X), 20, patch, pos, zone) == (
+        pytest.approx(1e3 * far))
 
 
 def test_sign_flip():
