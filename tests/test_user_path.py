@@ -86,6 +86,7 @@ def test_whitened_brain_background_counts_as_colored_noise(fwd_default, evoked, 
     bg = mne.EvokedArray(clean + noise[:, n_base:], info, verbose=False)
     bg.set_eeg_reference(projection=True, verbose=False)
     baseline = mne.io.RawArray(noise[:, :n_base], info, verbose=False)
+    baseline.set_eeg_reference(projection=True, verbose=False)  # as MNE asks for a cov
     with warnings.catch_warnings():  # the noise-only epochs need no baseline correction
         warnings.filterwarnings("ignore", "Epochs are not baseline corrected")
         cov = mne.compute_covariance(mne.make_fixed_length_epochs(baseline, duration=0.25,
