@@ -203,9 +203,7 @@ def localization_error(X, X_hat, seed, pos, zone):
     Parameters
     ----------
     %(X_pair_seed)s
-    pos : array, shape (n_sources, 3)
-        Source positions in metres.
-    %(zone)s
+    %(pos_zone)s
 
     Returns
     -------
@@ -213,11 +211,7 @@ def localization_error(X, X_hat, seed, pos, zone):
         ``‖pos[seed] − pos[ŝ]‖`` in mm; the largest distance from the seed
         to the zone when there is no estimated peak in the zone.
     """
-    pos = np.asarray(pos, float)
-    s_hat = estimated_seed(X_hat, peak_time(X, seed), zone)
-    if s_hat < 0:
-        return 1e3 * float(np.max(np.linalg.norm(pos[zone] - pos[seed], axis=1)))
-    return 1e3 * float(np.linalg.norm(pos[seed] - pos[s_hat]))
+    return patch_localization_error(X, X_hat, seed, [seed], pos, zone)  # a patch of one
 
 
 @fill_doc
@@ -234,9 +228,7 @@ def patch_localization_error(X, X_hat, seed, patch, pos, zone):
     %(X_pair_seed)s
     patch : array of int, shape (n_patch,)
         Source indices of the seed's patch.
-    pos : array, shape (n_sources, 3)
-        Source positions in metres.
-    %(zone)s
+    %(pos_zone)s
 
     Returns
     -------
