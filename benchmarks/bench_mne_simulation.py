@@ -26,7 +26,10 @@ Metrics are DESIGN's (LE, AUC, nMSE, TE); a patch's seed is its source nearest i
 (:meth:`mne.Label.center_of_mass`). As the true sources are flat over a patch, the LE to
 the seed is not zero even for them (the ``truth`` row); the table adds the LE to the
 patch (0 where the estimate peaks inside it;
-:func:`~mne_learned_mm.evaluation.metrics.patch_localization_error`).
+:func:`~mne_learned_mm.evaluation.metrics.patch_localization_error`). The seconds per
+sample include each method's preparation for the sample's covariance (the learned
+estimator's ``fit``, MNE's inverse operator where the covariance is not a multiple of the
+last one).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_mne_simulation.py --n 100 --seed 42
         [--waveform wavelet|erp] [--cov brain|adhoc] [--iir 1 -0.9] [--snr 5] [--baseline 2]
@@ -104,11 +107,11 @@ def draw_patches(rng, src, subjects_dir, n_patches, extent):
 
 def true_sources(stc, src):
     """The simulated stc as an array on the forward's source order."""
-    n_lh = len(src[0]["vertno"])
-    X = np.zeros((n_lh + len(src[1]["vertno"]), len(stc.times)))
-    for hemi, (vert, offset) in enumerate(((stc.lh_vertno, 0), (stc.rh_vertno, n_lh))):
-        rows = offset + np.searchsorted(src[hemi]["vertno"], vert)
-        X[rows] = stc.data[:len(vert)] if hemi == 0 else stc.data[len(stc.lh_vertno):]
+    rows = np.concatenate([np.searchsorted(src[0]["vertno"], stc.lh_vertno),
+                           len(src[0]["vertno"]) + np.searchsorted(src[1]["vertno"],
+                                                                   stc.rh_vertno)])
+    X = np.zeros((sum(len(s["vertno"]) for s in src), len(stc.times)))
+    X[rows] = stc.data
     return X
 
 
@@ -116,11 +119,10 @@ def label_sources(label, src, subjects_dir):
     """Source indices (forward order) of a label, and its seed: its centre of mass."""
     hemi = 0 if label.hemi == "lh" else 1
     offset = 0 if hemi == 0 else len(src[0]["vertno"])
-    idx = offset + np.flatnonzero(np.isin(src[hemi]["vertno"], label.vertices))
-    centre = label.center_of_mass("fsaverage", restrict_vertices=src[hemi]["vertno"][
-        np.isin(src[hemi]["vertno"], label.vertices)], subjects_dir=subjects_dir, surf="white")
-    seed = offset + int(np.searchsorted(src[hemi]["vertno"], centre))
-    return idx, seed
+    inside = np.flatnonzero(np.isin(src[hemi]["vertno"], label.vertices))
+    centre = label.center_of_mass("fsaverage", restrict_vertices=src[hemi]["vertno"][inside],
+                                  subjects_dir=subjects_dir, surf="white")
+    return offset + inside, offset + int(np.searchsorted(src[hemi]["vertno"], centre))
 
 
 def _noise(inst, cov, iir, rng):
@@ -194,7 +196,7 @@ def metrics(X, X_hat, seeds, patches, pos, adjacency, sfreq):
     return out
 
 
-def _methods(args, fwd):
+def _methods(args):
     out = {}
     for name in args.methods:
         if name == "truth":  # the metrics' floor on these patches: the true sources
@@ -245,7 +247,7 @@ def main(argv=None):
     cov = noise_covariance(args.cov, fwd, info, rng)
     pos = np.concatenate([s["rr"][s["vertno"]] for s in fwd["src"]])
     adjacency = source_adjacency(fwd["src"])
-    methods = _methods(args, fwd)
+    methods = _methods(args)
     rows = {name: [] for name in methods}
     seconds = dict.fromkeys(methods, 0.0)
     for _ in range(args.n):

@@ -23,14 +23,12 @@ X, X_hat : array, shape (n_sources, n_times)
 docdict["X_pair_seed"] = docdict["X_pair"] + """
 seed : int
     True seed."""
-docdict["pos_zone"] = """
-pos : array, shape (n_sources, 3)
-    Source positions in metres.
-zone : array of int, shape (n_zone,)
-    Search zone of the seed (see :func:`seed_zone`)."""
 docdict["zone"] = """
 zone : array of int, shape (n_zone,)
     Search zone of the seed (see :func:`seed_zone`)."""
+docdict["pos_zone"] = """
+pos : array, shape (n_sources, 3)
+    Source positions in metres.""" + docdict["zone"]
 
 # evaluation.methods
 docdict["depth"] = """
